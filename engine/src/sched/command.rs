@@ -1,0 +1,94 @@
+//! Commands: what a client asks for. A command is validated against the
+//! current state and becomes events, or a rejection that changes nothing.
+
+use crate::model::{AgentId, JobId, JobSpec, Pair, QueueConfig, Report, RunId, RunSpec, TagRule};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    SubmitRun(RunSpec),
+    AppendJobs {
+        run: RunId,
+        jobs: Vec<JobSpec>,
+    },
+    ChangeJobPriority {
+        job: JobId,
+        priority: i32,
+    },
+    ChangeRunPriority {
+        run: RunId,
+        priority: i32,
+    },
+    CancelJob {
+        job: JobId,
+    },
+    CancelRun {
+        run: RunId,
+    },
+    /// Create a queue or replace its configuration.
+    PutQueue(QueueConfig),
+    PauseQueue {
+        queue: String,
+    },
+    ResumeQueue {
+        queue: String,
+    },
+    SetTagRules(Vec<TagRule>),
+    /// An agent (re)connects. `running` lists the jobs it still runs, with
+    /// their attempts: those keep their lease; any other job leased to it
+    /// loses its lease now.
+    RegisterAgent {
+        name: String,
+        pools: Vec<String>,
+        labels: Vec<Pair>,
+        slots: u32,
+        running: Vec<(JobId, u32)>,
+    },
+    Heartbeat {
+        agent: AgentId,
+    },
+    /// The agent wants up to `count` more jobs (a standing request: jobs are
+    /// dispatched to it as soon as they may run).
+    TakeWork {
+        agent: AgentId,
+        count: u32,
+    },
+    /// The agent's connection closed: its standing request lapses. Its
+    /// leases run on, so it may come back and resume.
+    Disconnect {
+        agent: AgentId,
+    },
+    Complete {
+        agent: AgentId,
+        job: JobId,
+        attempt: u32,
+        report: Report,
+        exit_code: i32,
+    },
+    /// Time passed: expire leases, queue timeouts and deadlines due by now.
+    Tick,
+    /// The engine has just replayed its log: restart every lease from now.
+    Restarted,
+}
+
+/// What a command answers besides its events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Done,
+    /// The run and the ids of the jobs just created (contiguous).
+    /// `replayed` is true when an idempotency key matched an earlier
+    /// submission and nothing new was created.
+    Submitted {
+        run: RunId,
+        first_job: JobId,
+        count: u32,
+        replayed: bool,
+    },
+    Registered {
+        agent: AgentId,
+    },
+    /// A tick handled at most its bound of expiries; `more` says whether
+    /// others are already due.
+    Ticked {
+        more: bool,
+    },
+}

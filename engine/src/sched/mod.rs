@@ -1,0 +1,220 @@
+//! The scheduler: a deterministic state machine that owns every queue, run,
+//! job and agent, and decides what runs where.
+//!
+//! A command is validated against the current state and becomes events, or
+//! a [`Rejection`] that changes nothing (`decide`). Each event is applied as
+//! it is made, through the one [`Scheduler::apply`] that replay also uses.
+//! Time is an input: every command comes with `now`, and every event carries
+//! the time it happened.
+//!
+//! *Architecture invariant:* the scheduler does no I/O, reads no clock, draws
+//! no random numbers and iterates no hash map where order matters. The same
+//! events applied to a new scheduler give the same state, which
+//! [`Scheduler::digest`] proves.
+
+mod apply;
+mod check;
+pub mod command;
+mod decide;
+mod digest;
+pub mod event;
+mod index;
+mod intern;
+pub mod rejection;
+mod tables;
+pub mod view;
+
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
+
+use crate::model::{AgentId, QueueConfig, RunId, Seq, TimeMs, DEFAULT_QUEUE};
+pub use command::{Command, Reply};
+pub use event::{Event, EventKind, NewJob, RunSubmitted};
+pub use index::JobKey;
+use index::{DispatchIndex, QueueId};
+pub use rejection::Rejection;
+use tables::{Agent, JobTable, Queue, Run, Timers};
+
+/// How long an agent's lease lasts without news from it, by default.
+pub const LEASE_MS_DEFAULT: u64 = 30_000;
+
+/// Most expiries (timeouts, deadlines, leases) one tick handles: bounds the
+/// time the single writer spends on a tick. The rest wait for the next.
+pub const TICK_EXPIRIES_MAX: usize = 4_096;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// How long a dispatched job's lease lasts without a heartbeat.
+    pub lease_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            lease_ms: LEASE_MS_DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    last_seq: Seq,
+    /// The time of the last event: time never runs backwards in the log.
+    clock: TimeMs,
+    queues: Vec<Queue>,
+    queue_ids: FxHashMap<String, QueueId>,
+    runs: FxHashMap<RunId, Run>,
+    next_run: u64,
+    jobs: JobTable,
+    agents: Vec<Agent>,
+    agent_ids: FxHashMap<String, AgentId>,
+    idempotency: FxHashMap<String, (RunId, u64)>,
+    index: DispatchIndex,
+    timers: Timers,
+    /// Agents with a standing request and a free slot, longest waiting first.
+    hungry: BTreeSet<(Seq, AgentId)>,
+    /// Set when an agent starts waiting for work: it may find some at once.
+    match_needed: bool,
+    /// Reused by matching, so it allocates nothing per command.
+    scratch_agents: Vec<AgentId>,
+}
+
+impl Scheduler {
+    /// An empty scheduler: no runs, no agents, and the `default` queue.
+    pub fn new(config: SchedulerConfig) -> Scheduler {
+        let mut scheduler = Scheduler {
+            config,
+            last_seq: 0,
+            clock: 0,
+            queues: Vec::new(),
+            queue_ids: FxHashMap::default(),
+            runs: FxHashMap::default(),
+            next_run: 1,
+            jobs: JobTable::new(),
+            agents: Vec::new(),
+            agent_ids: FxHashMap::default(),
+            idempotency: FxHashMap::default(),
+            index: DispatchIndex::new(),
+            timers: Timers::default(),
+            hungry: BTreeSet::new(),
+            match_needed: false,
+            scratch_agents: Vec::new(),
+        };
+        scheduler.put_queue(QueueConfig::new(DEFAULT_QUEUE));
+        scheduler
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// The sequence number of the last event applied.
+    pub fn last_seq(&self) -> Seq {
+        self.last_seq
+    }
+
+    /// The time of the last event applied.
+    pub fn clock(&self) -> TimeMs {
+        self.clock
+    }
+
+    /// Validates `command` at time `now` and, if it is accepted, applies the
+    /// events it makes, appending them to `events`. A rejection changes
+    /// nothing and appends nothing.
+    ///
+    /// After the command, agents waiting for work get whatever may now run:
+    /// those dispatches are events of this command too.
+    pub fn handle(
+        &mut self,
+        command: Command,
+        now: TimeMs,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, Rejection> {
+        let now = now.max(self.clock);
+        let events_before = events.len();
+        let seq_before = self.last_seq;
+        let reply = self.decide(command, now, events);
+        if reply.is_err() {
+            assert_eq!(
+                events.len(),
+                events_before,
+                "a rejected command made events"
+            );
+            assert_eq!(
+                self.last_seq, seq_before,
+                "a rejected command changed the state"
+            );
+        }
+        let reply = reply?;
+        self.match_waiting_agents(now, events);
+        Ok(reply)
+    }
+
+    /// Makes an event at `now`, applies it and records it.
+    fn emit(&mut self, now: TimeMs, kind: EventKind, events: &mut Vec<Event>) {
+        let event = Event {
+            seq: self.last_seq + 1,
+            time: now,
+            kind,
+        };
+        self.apply(&event);
+        events.push(event);
+    }
+
+    /// Gives every agent waiting for work the best jobs it may take, in the
+    /// order the agents started waiting.
+    fn match_waiting_agents(&mut self, now: TimeMs, events: &mut Vec<Event>) {
+        if !(self.match_needed || self.index.work_appeared) {
+            return;
+        }
+        self.match_needed = false;
+        self.index.work_appeared = false;
+        if self.hungry.is_empty() || !self.index.anything_published() {
+            return;
+        }
+        let mut agents = std::mem::take(&mut self.scratch_agents);
+        agents.clear();
+        agents.extend(self.hungry.iter().map(|&(_, agent)| agent));
+        for &agent in &agents {
+            self.dispatch_to(agent, now, events);
+            if !self.index.anything_published() {
+                break;
+            }
+        }
+        self.scratch_agents = agents;
+        // What this round dispatched published new heads; none of them is
+        // news to an agent that was just served.
+        self.index.work_appeared = false;
+    }
+
+    /// Dispatches the best jobs to one agent until it has what it asked for,
+    /// its slots are full, or nothing it may take is left.
+    fn dispatch_to(&mut self, agent: AgentId, now: TimeMs, events: &mut Vec<Event>) {
+        while self.agents[agent.0 as usize].wants_work() {
+            let Some(key) = self.index.best_for(agent) else {
+                break;
+            };
+            let attempt = self.jobs.at(key.job).attempt + 1;
+            self.emit(
+                now,
+                EventKind::JobDispatched {
+                    job: key.job,
+                    agent,
+                    attempt,
+                },
+                events,
+            );
+        }
+    }
+
+    fn queue_id(&self, name: &str) -> Result<QueueId, Rejection> {
+        self.queue_ids
+            .get(name)
+            .copied()
+            .ok_or_else(|| Rejection::UnknownQueue {
+                queue: name.to_string(),
+            })
+    }
+}
