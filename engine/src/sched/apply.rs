@@ -49,6 +49,9 @@ impl Scheduler {
             EventKind::RunPriorityChanged { run, priority } => {
                 let found = self.runs.get_mut(run).expect("priority of an unknown run");
                 found.priority = *priority;
+                // The run moved to the end of its new level: jobs appended
+                // later join it there, not at its old place.
+                found.position = event.seq;
                 for i in 0..found.jobs.len() {
                     let job = self.runs[run].jobs[i];
                     let record = self.jobs.at(job);
@@ -302,7 +305,7 @@ impl Scheduler {
                 released: 0,
                 released_unfinished: 0,
                 open_stage: None,
-                failed: false,
+                failed_stage: None,
                 idempotency_key: submitted.idempotency.as_ref().map(|(key, _)| key.clone()),
             },
         );
@@ -365,6 +368,7 @@ impl Scheduler {
 
     /// Releases the run's held jobs whose `wait` steps are passed, and skips
     /// those that can never pass because an earlier job did not succeed.
+    /// Iterative, not recursive: a large run cannot exhaust the stack.
     fn advance_run(&mut self, run: RunId, now: TimeMs) {
         loop {
             let record = &self.runs[&run];
@@ -375,23 +379,37 @@ impl Scheduler {
             let next = record.jobs[released];
             let next_job = self.jobs.at(next);
             let stage = next_job.stage;
-            let same_stage = record.open_stage == Some(stage);
-            let (failed, unfinished) = (record.failed, record.released_unfinished);
+            let skipped = record.failed_stage.is_some_and(|failed| failed < stage);
+            let releasable = record.open_stage == Some(stage) || record.released_unfinished == 0;
+            let finished = next_job.is_finished();
             let record = self.runs.get_mut(&run).expect("run vanished");
-            if next_job.is_finished() {
-                // Cancelled or timed out while held.
+            if finished {
+                // Cancelled, timed out or skipped while held.
                 record.released += 1;
-            } else if same_stage || (unfinished == 0 && !failed) {
+            } else if skipped {
+                record.released += 1;
+                self.finish_job(next, Outcome::Skipped, None, now);
+            } else if releasable {
                 record.released += 1;
                 record.released_unfinished += 1;
                 record.open_stage = Some(stage);
                 self.leave(next);
                 self.enter_waiting(next, now);
-            } else if failed {
-                record.released += 1;
-                self.finish(next, Outcome::Skipped, None, now);
             } else {
                 break;
+            }
+        }
+        // Held jobs behind a stage that is not done yet, but which can never
+        // run because an earlier stage failed, end now.
+        if let Some(failed) = self.runs[&run].failed_stage {
+            for i in (self.runs[&run].released as usize..self.runs[&run].jobs.len()).rev() {
+                let job = self.jobs.at(self.runs[&run].jobs[i]);
+                if job.stage <= failed {
+                    break;
+                }
+                if !job.is_finished() {
+                    self.finish_job(job.id(), Outcome::Skipped, None, now);
+                }
             }
         }
         let record = self.runs.get_mut(&run).expect("run vanished");
@@ -472,12 +490,12 @@ impl Scheduler {
         assert_eq!(attempt, record.attempt + 1, "attempts count up by one");
         let (run, queue, tags) = (record.run, record.queue, record.tags);
         self.leave(job);
-        if !self.runs[&run].active {
-            self.activate(run);
-        }
         let record = self.jobs.at_mut(job);
         record.state = JobState::Running { agent, stop: None };
         record.attempt = attempt;
+        if !self.runs[&run].active {
+            self.activate(run);
+        }
         let queue_record = &mut self.queues[queue as usize];
         queue_record.running += 1;
         queue_record.dispatched_total += 1;
@@ -519,7 +537,16 @@ impl Scheduler {
 
     /// Ends a job that is not finished, and moves its run on.
     fn finish(&mut self, job: JobId, outcome: Outcome, exit_code: Option<i32>, now: TimeMs) {
+        let run = self.jobs.at(job).run;
+        self.finish_job(job, outcome, exit_code, now);
+        self.advance_run(run, now);
+    }
+
+    /// Ends a job that is not finished; its run's counts follow, but the
+    /// run is not moved on (`advance_run` does that).
+    fn finish_job(&mut self, job: JobId, outcome: Outcome, exit_code: Option<i32>, now: TimeMs) {
         let record = self.jobs.at(job);
+        let stage = record.stage;
         let (run, queue, was_held) = (record.run, record.queue, record.state == JobState::Held);
         let deadline = record.deadline_at;
         self.leave(job);
@@ -538,9 +565,12 @@ impl Scheduler {
             record.released_unfinished -= 1;
         }
         if !outcome.is_success() {
-            record.failed = true;
+            record.failed_stage = Some(
+                record
+                    .failed_stage
+                    .map_or(stage, |failed| failed.min(stage)),
+            );
         }
-        self.advance_run(run, now);
     }
 
     /// The job's lease is gone: back to its place for another attempt, or
@@ -584,8 +614,9 @@ impl Scheduler {
     /// work in step with what it holds and wants.
     fn refresh_agent(&mut self, agent: AgentId) {
         let record = &mut self.agents[agent.0 as usize];
-        let timer = (record.present && (!record.running.is_empty() || record.credit > 0))
-            .then_some(record.lease_until);
+        // Every present agent has a lease, idle or not: an agent that goes
+        // silent is noticed, and stops counting as able to take work.
+        let timer = record.present.then_some(record.lease_until);
         if record.lease_timer != timer {
             if let Some(at) = record.lease_timer {
                 self.timers.leases.remove(&(at, agent));

@@ -150,10 +150,9 @@ impl Scheduler {
                 agent.wants_work(),
                 "{agent_id} waits for work exactly while it wants some"
             );
-            let timed = agent.present && (!agent.running.is_empty() || agent.credit > 0);
             assert_eq!(
                 agent.lease_timer,
-                timed.then_some(agent.lease_until),
+                agent.present.then_some(agent.lease_until),
                 "{agent_id} lease timer"
             );
         }

@@ -82,8 +82,10 @@ impl Scheduler {
             }
             Command::CancelRun { run } => {
                 let found = self.runs.get(&run).ok_or(Rejection::UnknownRun(run))?;
+                // Last job first: a job cancelled before the jobs behind its
+                // `wait` would make them SKIPPED; all of them are CANCELLED.
                 let jobs = found.jobs.clone();
-                for job in jobs {
+                for job in jobs.into_iter().rev() {
                     self.cancel(job, now, events);
                 }
                 Ok(Reply::Done)
@@ -653,37 +655,47 @@ fn check_tag_rules(rules: &[TagRule]) -> Result<(), Rejection> {
 }
 
 /// A hash of everything a submission asks for, to tell a retry from a
-/// different request that reuses an idempotency key.
+/// different request that reuses an idempotency key. Tags and labels count
+/// as sets: their order does not matter.
 fn fingerprint(spec: &RunSpec) -> u64 {
+    let mut hasher = Xxh3::new();
+    hasher.update(&options_fingerprint(&spec.defaults).to_le_bytes());
+    for job in &spec.jobs {
+        hasher.update(&options_fingerprint(&job.options).to_le_bytes());
+        hasher.update(&[u8::from(job.wait_before)]);
+        hasher.update(&(job.payload.len() as u64).to_le_bytes());
+        hasher.update(&job.payload);
+    }
+    hasher.digest()
+}
+
+/// A stable hash of a job's (or run's) options.
+pub(super) fn options_fingerprint(options: &JobOptions) -> u64 {
     let mut hasher = Xxh3::new();
     let mut write = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     };
-    let options = |o: &JobOptions, write: &mut dyn FnMut(&[u8])| {
-        write(o.queue.as_deref().unwrap_or("\u{0}").as_bytes());
-        write(&o.priority.map_or([0; 5], |p| {
-            let b = p.to_le_bytes();
-            [1, b[0], b[1], b[2], b[3]]
-        }));
-        for (k, v) in o.tags.iter().chain(o.labels.iter()) {
-            write(k.as_bytes());
-            write(v.as_bytes());
+    write(options.queue.as_deref().map_or(&[0xff][..], str::as_bytes));
+    write(&options.priority.map_or([0; 5], |p| {
+        let b = p.to_le_bytes();
+        [1, b[0], b[1], b[2], b[3]]
+    }));
+    for pairs in [&options.tags, &options.labels] {
+        let mut sorted: Vec<&Pair> = pairs.iter().collect();
+        sorted.sort();
+        write(&(sorted.len() as u64).to_le_bytes());
+        for (key, value) in sorted {
+            write(key.as_bytes());
+            write(value.as_bytes());
         }
-        write(&[o.tags.len() as u8, o.labels.len() as u8]);
-        for value in [
-            o.max_queued_time_ms,
-            o.deadline_ms,
-            o.max_attempts.map(u64::from),
-        ] {
-            write(&value.map_or(u64::MAX, |v| v).to_le_bytes());
-        }
-    };
-    options(&spec.defaults, &mut write);
-    for job in &spec.jobs {
-        options(&job.options, &mut write);
-        write(&[u8::from(job.wait_before)]);
-        write(&job.payload);
+    }
+    for value in [
+        options.max_queued_time_ms,
+        options.deadline_ms,
+        options.max_attempts.map(u64::from),
+    ] {
+        write(&value.map_or(u64::MAX, |v| v).to_le_bytes());
     }
     hasher.digest()
 }

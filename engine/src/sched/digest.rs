@@ -133,7 +133,11 @@ impl Scheduler {
             h.u64(id.0);
             h.str(&self.queues[run.queue as usize].config.name);
             h.i64(run.priority.into());
-            h.bool(run.defaults.is_some());
+            h.u64(
+                run.defaults
+                    .as_deref()
+                    .map_or(0, crate::sched::decide::options_fingerprint),
+            );
             h.u64(run.position);
             h.u64(run.submitted_at);
             h.u64(run.jobs.len() as u64);
@@ -151,7 +155,7 @@ impl Scheduler {
             }
             h.option(run.open_stage.map(u64::from));
             h.bool(run.active);
-            h.bool(run.failed);
+            h.option(run.failed_stage.map(u64::from));
             h.str(run.idempotency_key.as_deref().unwrap_or(""));
         }
         h.u64(self.jobs.len() as u64);

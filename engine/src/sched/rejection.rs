@@ -24,7 +24,7 @@ pub enum Rejection {
     UnknownRun(RunId),
     #[error("{0} not found")]
     UnknownAgent(AgentId),
-    #[error("{job} is {state}: only a waiting job's priority can change")]
+    #[error("{job} is {state}: only a waiting or held job's priority can change")]
     PriorityOfStartedJob { job: JobId, state: &'static str },
     #[error("{job} is already {state}")]
     AlreadyFinished { job: JobId, state: &'static str },

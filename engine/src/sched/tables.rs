@@ -66,8 +66,9 @@ pub(crate) struct Run {
     /// The last stage whose jobs were released: jobs appended to it are
     /// released at once.
     pub(crate) open_stage: Option<u32>,
-    /// A job of the run ended without success: later stages are skipped.
-    pub(crate) failed: bool,
+    /// The earliest stage in which a job ended without success: every
+    /// later stage is skipped.
+    pub(crate) failed_stage: Option<u32>,
     pub(crate) idempotency_key: Option<String>,
 }
 

@@ -232,7 +232,7 @@ impl Scheduler {
             jobs: &run.jobs,
             unfinished: run.unfinished,
             active: run.active,
-            failed: run.failed,
+            failed: run.failed_stage.is_some(),
         })
     }
 
