@@ -521,6 +521,9 @@ impl Scheduler {
         record.active = true;
         let queue = record.queue;
         self.index.acquire(self.index.queue_runs_capacity(queue));
+        if self.queues[queue as usize].config.run_concurrency.is_none() {
+            return; // No job of the run passes a run gate.
+        }
         for i in 0..self.runs[&run].released as usize {
             let job = self.runs[&run].jobs[i];
             if let JobState::Waiting { class } = self.jobs.at(job).state {

@@ -2,7 +2,7 @@
 //! scheduler keeps them in memory. Plain records; the rules that change them
 //! live in `apply`.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use crate::model::{
     AgentId, JobId, JobOptions, Outcome, Pair, QueueConfig, Seq, StopReason, TimeMs,
@@ -131,58 +131,74 @@ impl Job {
     }
 }
 
-/// Jobs by id. Ids are dense and handed out in order, so a deque indexed by
-/// `id - first` beats a hash map in memory and speed.
+/// Jobs per chunk of the job table: a power of two, big enough that the
+/// chunk list stays short (1,000,000 jobs: 245 chunks), small enough that
+/// adding a chunk never stalls the single writer.
+const JOB_CHUNK: usize = 4_096;
+
+/// Jobs by id. Ids are dense and handed out in order, so fixed-size chunks
+/// indexed by `id - first` beat a hash map in memory and speed; unlike one
+/// growing buffer, a new chunk never copies the jobs already there.
 #[derive(Debug, Default)]
 pub(crate) struct JobTable {
     first: u64,
-    slots: VecDeque<Job>,
+    len: usize,
+    chunks: Vec<Vec<Job>>,
 }
 
 impl JobTable {
     pub(crate) fn new() -> JobTable {
-        JobTable {
-            first: 1,
-            slots: VecDeque::new(),
-        }
+        JobTable::starting_at(JobId(1))
+    }
+
+    /// A table whose first job will have id `first` (after a snapshot).
+    pub(crate) fn starting_at(first: JobId) -> JobTable {
+        JobTable { first: first.0, len: 0, chunks: Vec::new() }
     }
 
     pub(crate) fn next_id(&self) -> JobId {
-        JobId(self.first + self.slots.len() as u64)
+        JobId(self.first + self.len as u64)
     }
 
     pub(crate) fn push(&mut self, job: Job) {
         assert_eq!(job.id(), self.next_id(), "jobs are added in id order");
-        self.slots.push_back(job);
+        if self.len % JOB_CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(JOB_CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk with room").push(job);
+        self.len += 1;
+    }
+
+    fn slot(&self, id: JobId) -> Option<usize> {
+        let slot = usize::try_from(id.0.checked_sub(self.first)?).ok()?;
+        (slot < self.len).then_some(slot)
     }
 
     pub(crate) fn get(&self, id: JobId) -> Option<&Job> {
-        let slot = id.0.checked_sub(self.first)?;
-        self.slots.get(usize::try_from(slot).ok()?)
+        let slot = self.slot(id)?;
+        Some(&self.chunks[slot / JOB_CHUNK][slot % JOB_CHUNK])
     }
 
     pub(crate) fn get_mut(&mut self, id: JobId) -> Option<&mut Job> {
-        let slot = id.0.checked_sub(self.first)?;
-        self.slots.get_mut(usize::try_from(slot).ok()?)
+        let slot = self.slot(id)?;
+        Some(&mut self.chunks[slot / JOB_CHUNK][slot % JOB_CHUNK])
     }
 
     /// The job, which must exist: for ids the scheduler itself validated.
     pub(crate) fn at(&self, id: JobId) -> &Job {
-        self.get(id)
-            .unwrap_or_else(|| panic!("{id} is not in the job table"))
+        self.get(id).unwrap_or_else(|| panic!("{id} is not in the job table"))
     }
 
     pub(crate) fn at_mut(&mut self, id: JobId) -> &mut Job {
-        self.get_mut(id)
-            .unwrap_or_else(|| panic!("{id} is not in the job table"))
+        self.get_mut(id).unwrap_or_else(|| panic!("{id} is not in the job table"))
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Job> {
-        self.slots.iter()
+        self.chunks.iter().flatten()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.len
     }
 }
 
