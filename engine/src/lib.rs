@@ -7,8 +7,17 @@
 //!   events; events are applied; the dispatch index answers "the best job for
 //!   this agent" without scanning blocked jobs. No I/O, no clock.
 //!
-//! The durable log, the wire protocol, the server and the client build on
+//! - [`log`]: the durable log: record format, the storage seam, sled and
+//!   in-memory stores.
+//! - [`replay`]: log records back into a scheduler through the same apply.
+//! - [`driver`]: the single writer and the syncer: batches commands, writes
+//!   records, syncs once per batch, then answers and publishes.
+//!
+//! The wire protocol, the server and the client build on
 //! these (see docs/ARCHITECTURE.md).
 
+pub mod driver;
+pub mod log;
 pub mod model;
+pub mod replay;
 pub mod sched;

@@ -615,7 +615,7 @@ impl Scheduler {
 
     /// Keeps an agent's lease timer and its place among agents waiting for
     /// work in step with what it holds and wants.
-    fn refresh_agent(&mut self, agent: AgentId) {
+    pub(super) fn refresh_agent(&mut self, agent: AgentId) {
         let record = &mut self.agents[agent.0 as usize];
         // Every present agent has a lease, idle or not: an agent that goes
         // silent is noticed, and stops counting as able to take work.

@@ -213,6 +213,7 @@ impl Scheduler {
             h.u64(agent.credit.into());
             h.bool(agent.present);
             h.u64(agent.lease_until);
+            h.option(agent.hungry_since);
         }
         let mut keys: Vec<_> = self.idempotency.iter().collect();
         keys.sort_unstable();

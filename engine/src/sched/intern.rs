@@ -35,4 +35,8 @@ impl<T: Clone + Eq + Hash> Interner<T> {
     pub(crate) fn get(&self, id: u32) -> &T {
         &self.values[id as usize]
     }
+
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
 }

@@ -156,6 +156,10 @@ impl JobTable {
         JobTable { first: first.0, len: 0, chunks: Vec::new() }
     }
 
+    pub(crate) fn first_id(&self) -> JobId {
+        JobId(self.first)
+    }
+
     pub(crate) fn next_id(&self) -> JobId {
         JobId(self.first + self.len as u64)
     }

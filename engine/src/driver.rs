@@ -1,0 +1,549 @@
+//! The single writer: the one thread that owns the scheduler. It drains the
+//! bounded request channel in batches, applies each command, writes the
+//! batch's events to the log as records, and hands the batch to the syncer
+//! thread, which makes it durable and only then answers the requests and
+//! publishes the events (dispatches, stop requests).
+//!
+//! While the syncer makes one batch durable, the writer fills the next: the
+//! hand-over channel holds one batch, so at most one batch syncs, one waits
+//! and one fills. A failed write or sync stops the engine (fail-stop): no
+//! answer of the failed batch or any later one is ever sent, and the sync is
+//! never retried.
+//!
+//! Reads (queries) travel the same path, so an answer never shows state
+//! that is not yet durable.
+//!
+//! *Architecture invariant:* nothing leaves the engine (answer, dispatch)
+//! before the record holding its events is durable under the chosen
+//! durability; records are written in the order events were applied.
+
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::log::format;
+use crate::log::store::{LogStore, StoreError, Syncer};
+use crate::model::{Seq, TimeMs};
+use crate::replay::take_snapshot;
+use crate::sched::{Command, Event, Rejection, Reply, Scheduler, SchedulerConfig};
+
+/// What "acknowledged" promises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged means on stable storage. The default.
+    Sync,
+    /// Acknowledged once written; made durable at most this often. A crash
+    /// can lose the last interval of acknowledged work.
+    Interval(Duration),
+    /// Never synced by Lanes (benchmarks). A crash can lose anything the
+    /// operating system had not written yet.
+    None,
+}
+
+pub type Clock = Arc<dyn Fn() -> TimeMs + Send + Sync>;
+
+/// The wall clock, in milliseconds since the Unix epoch.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as TimeMs)
+            .unwrap_or(0)
+    })
+}
+
+#[derive(Clone)]
+pub struct DriverConfig {
+    pub durability: Durability,
+    /// Requests waiting for the writer; a full channel makes senders wait
+    /// (back-pressure instead of unbounded memory).
+    pub requests_max: usize,
+    /// Most commands one batch takes, so a batch's answers are not held
+    /// back for long by a flood.
+    pub batch_commands_max: usize,
+    /// Most events in one record: bounds a record's size.
+    pub record_events_max: usize,
+    /// How often the writer processes timers (leases, timeouts).
+    pub tick_interval: Duration,
+    pub clock: Clock,
+    /// Snapshots, taken off the dispatch path; `None` keeps every record.
+    pub snapshots: Option<SnapshotPolicy>,
+}
+
+/// When to snapshot, and where.
+#[derive(Clone, Debug)]
+pub struct SnapshotPolicy {
+    /// The data folder (snapshots go to its `snapshots/`).
+    pub data: std::path::PathBuf,
+    /// Snapshot once this many events became durable since the last one.
+    pub every_events: u64,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for DriverConfig {
+    fn default() -> DriverConfig {
+        DriverConfig {
+            durability: Durability::Sync,
+            requests_max: 65_536,
+            batch_commands_max: 8_192,
+            record_events_max: 16_384,
+            tick_interval: Duration::from_millis(100),
+            clock: system_clock(),
+            snapshots: None,
+        }
+    }
+}
+
+/// Runs after the batch it belongs to is durable.
+pub type Delivery = Box<dyn FnOnce() + Send>;
+
+pub enum Request {
+    Command {
+        command: Command,
+        reply: oneshot::Sender<Result<Reply, Rejection>>,
+    },
+    /// A read of the state; what it returns is delivered after the batch.
+    Read(Box<dyn FnOnce(&Scheduler) -> Delivery + Send>),
+    /// Stop taking requests: those already queued are still handled, later
+    /// ones are refused ([`Stopped`]), even while handles remain.
+    Shutdown,
+}
+
+/// Receives every event, in order, once it is durable: the server turns
+/// dispatches and stop requests into messages to agents.
+pub trait Publisher: Send + 'static {
+    fn publish(&mut self, events: &[Event]);
+}
+
+impl Publisher for () {
+    fn publish(&mut self, _events: &[Event]) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(
+        "the log failed; the engine stopped without acknowledging anything after the failure: {0}"
+    )]
+    Store(#[from] StoreError),
+    #[error("a driver thread panicked")]
+    Panicked,
+}
+
+/// The engine is not running (stopped, or failed): the request's outcome is
+/// unknown if it was sent, and nothing if it was not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the engine is not running")]
+pub struct Stopped;
+
+/// One group-commit batch: its events and what to send once durable.
+pub struct Batch {
+    pub events: Vec<Event>,
+    deliveries: Vec<Delivery>,
+}
+
+pub struct Driver {
+    handle: DriverHandle,
+    writer: JoinHandle<Result<Scheduler, DriverError>>,
+    syncer: JoinHandle<Result<(), DriverError>>,
+    ticker_stop: SyncSender<()>,
+    ticker: JoinHandle<()>,
+    snapshotter: Option<JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+pub struct DriverHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Driver {
+    pub fn start(
+        scheduler: Scheduler,
+        mut store: Box<dyn LogStore>,
+        config: DriverConfig,
+        publisher: Box<dyn Publisher>,
+    ) -> Driver {
+        let (requests, receiver) = mpsc::channel(config.requests_max);
+        let (to_syncer, from_writer) = sync_channel::<Batch>(1);
+        let syncer_store = store.syncer();
+        let durability = config.durability;
+        let mut stage = BatchSyncer::new(syncer_store, durability, publisher);
+        let mut snapshotter = None;
+        if let Some(policy) = config.snapshots.clone() {
+            // One request waits at most; a snapshot still being taken
+            // makes the next trigger wait for the following threshold.
+            let (trigger, triggered) = sync_channel::<Seq>(1);
+            stage.snapshot_every(trigger, policy.every_events, scheduler.last_seq());
+            let mut reader = store.reader();
+            snapshotter = Some(
+                std::thread::Builder::new()
+                    .name("lanes-snapshotter".into())
+                    .spawn(move || {
+                        while let Ok(upto) = triggered.recv() {
+                            let started = Instant::now();
+                            match take_snapshot(&policy.data, reader.as_mut(), upto, policy.scheduler.clone()) {
+                                Ok(seq) => tracing::info!(seq, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written, earlier records trimmed"),
+                                Err(error) => tracing::warn!(%error, "snapshot failed; the log keeps its records"),
+                            }
+                        }
+                    })
+                    .expect("spawning the snapshotter thread"),
+            );
+        }
+        let syncer = std::thread::Builder::new()
+            .name("lanes-syncer".into())
+            .spawn(move || run_syncer(from_writer, stage))
+            .expect("spawning the syncer thread");
+        let writer_config = config.clone();
+        let writer = std::thread::Builder::new()
+            .name("lanes-writer".into())
+            .spawn(move || run_writer(scheduler, store, receiver, to_syncer, writer_config))
+            .expect("spawning the writer thread");
+        let handle = DriverHandle { requests };
+        let (ticker_stop, ticker_stopped) = sync_channel::<()>(1);
+        let ticks = handle.clone();
+        let interval = config.tick_interval;
+        let ticker = std::thread::Builder::new()
+            .name("lanes-ticker".into())
+            .spawn(move || loop {
+                match ticker_stopped.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        let (reply, _) = oneshot::channel();
+                        let tick = Request::Command {
+                            command: Command::Tick,
+                            reply,
+                        };
+                        if ticks.requests.blocking_send(tick).is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            })
+            .expect("spawning the ticker thread");
+        Driver {
+            handle,
+            writer,
+            syncer,
+            ticker_stop,
+            ticker,
+            snapshotter,
+        }
+    }
+
+    pub fn handle(&self) -> DriverHandle {
+        self.handle.clone()
+    }
+
+    /// Stops taking requests, finishes the batch in hand, makes it durable,
+    /// and returns the scheduler. Requests still queued are answered first.
+    pub fn stop(self) -> Result<Scheduler, DriverError> {
+        let _ = self.ticker_stop.send(());
+        let _ = self.ticker.join();
+        let _ = self.handle.requests.blocking_send(Request::Shutdown);
+        drop(self.handle);
+        let scheduler = self.writer.join().map_err(|_| DriverError::Panicked)?;
+        let synced = self.syncer.join().map_err(|_| DriverError::Panicked)?;
+        if let Some(snapshotter) = self.snapshotter {
+            snapshotter.join().map_err(|_| DriverError::Panicked)?;
+        }
+        let scheduler = scheduler?;
+        synced?;
+        Ok(scheduler)
+    }
+}
+
+impl DriverHandle {
+    /// Sends a command and waits for its answer, which comes once its
+    /// events are durable.
+    pub async fn command(&self, command: Command) -> Result<Result<Reply, Rejection>, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Command { command, reply })
+            .await
+            .map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    /// As [`DriverHandle::command`], from a thread outside any async runtime.
+    pub fn blocking_command(&self, command: Command) -> Result<Result<Reply, Rejection>, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .blocking_send(Request::Command { command, reply })
+            .map_err(|_| Stopped)?;
+        answer.blocking_recv().map_err(|_| Stopped)
+    }
+
+    /// Reads the state; the answer comes after every earlier request's
+    /// events are durable.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Scheduler) -> T + Send + 'static,
+    ) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Read(Box::new(move |scheduler| {
+            let value = read(scheduler);
+            Box::new(move || {
+                let _ = reply.send(value);
+            })
+        }));
+        self.requests.send(request).await.map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    pub fn blocking_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Scheduler) -> T + Send + 'static,
+    ) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Read(Box::new(move |scheduler| {
+            let value = read(scheduler);
+            Box::new(move || {
+                let _ = reply.send(value);
+            })
+        }));
+        self.requests.blocking_send(request).map_err(|_| Stopped)?;
+        answer.blocking_recv().map_err(|_| Stopped)
+    }
+}
+
+fn run_writer(
+    scheduler: Scheduler,
+    store: Box<dyn LogStore>,
+    mut requests: mpsc::Receiver<Request>,
+    to_syncer: SyncSender<Batch>,
+    config: DriverConfig,
+) -> Result<Scheduler, DriverError> {
+    let mut writer = BatchWriter::new(scheduler, store, config.record_events_max);
+    while let Some(first) = requests.blocking_recv() {
+        let now = (config.clock)();
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next {
+            if let Request::Shutdown = request {
+                // Refuse what comes later; finish what is queued.
+                requests.close();
+            } else {
+                batch.push(request);
+            }
+            next = if batch.len() < config.batch_commands_max {
+                requests.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let batch = writer.write_batch(batch.into_iter(), now)?;
+        if to_syncer.send(batch).is_err() {
+            // The syncer stopped on a failed sync; it reports why.
+            break;
+        }
+    }
+    Ok(writer.into_scheduler())
+}
+
+fn run_syncer(batches: Receiver<Batch>, mut stage: BatchSyncer) -> Result<(), DriverError> {
+    loop {
+        let wait = stage.next_sync_due().unwrap_or(Duration::from_secs(3600));
+        let mut ready = match batches.recv_timeout(wait) {
+            Ok(batch) => vec![batch],
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        while let Ok(batch) = batches.try_recv() {
+            ready.push(batch);
+        }
+        stage.complete(ready)?;
+    }
+    stage.close()?;
+    Ok(())
+}
+
+/// The writer's half of group commit: applies a batch of requests and
+/// writes its events as records. Not durable yet.
+pub struct BatchWriter {
+    scheduler: Scheduler,
+    store: Box<dyn LogStore>,
+    record_events_max: usize,
+}
+
+impl BatchWriter {
+    pub fn new(
+        scheduler: Scheduler,
+        store: Box<dyn LogStore>,
+        record_events_max: usize,
+    ) -> BatchWriter {
+        BatchWriter {
+            scheduler,
+            store,
+            record_events_max,
+        }
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn into_scheduler(self) -> Scheduler {
+        self.scheduler
+    }
+
+    /// Handles every request at time `now` and writes the events they made.
+    /// A failed write loses the batch: nothing of it may be answered.
+    pub fn write_batch(
+        &mut self,
+        requests: impl Iterator<Item = Request>,
+        now: TimeMs,
+    ) -> Result<Batch, DriverError> {
+        let mut batch = Batch {
+            events: Vec::new(),
+            deliveries: Vec::new(),
+        };
+        for request in requests {
+            match request {
+                Request::Command { command, reply } => {
+                    let answer = self.scheduler.handle(command, now, &mut batch.events);
+                    batch.deliveries.push(Box::new(move || {
+                        let _ = reply.send(answer);
+                    }));
+                }
+                Request::Read(read) => batch.deliveries.push(read(&self.scheduler)),
+                Request::Shutdown => {}
+            }
+        }
+        for chunk in batch.events.chunks(self.record_events_max) {
+            if let Err(error) = self.store.write(chunk[0].seq, &format::encode(chunk)) {
+                tracing::error!(%error, "log write failed: stopping");
+                return Err(error.into());
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// The syncer's half of group commit: makes written batches durable as the
+/// durability setting says, then answers and publishes them, in order.
+pub struct BatchSyncer {
+    syncer: Box<dyn Syncer>,
+    durability: Durability,
+    publisher: Box<dyn Publisher>,
+    last_sync: Instant,
+    unsynced: bool,
+    failed: bool,
+    /// The last sequence written, and the last known durable.
+    written_seq: Seq,
+    durable_seq: Seq,
+    snapshots: Option<SnapshotTrigger>,
+}
+
+struct SnapshotTrigger {
+    trigger: SyncSender<Seq>,
+    every_events: u64,
+    last: Seq,
+}
+
+impl BatchSyncer {
+    pub fn new(
+        syncer: Box<dyn Syncer>,
+        durability: Durability,
+        publisher: Box<dyn Publisher>,
+    ) -> BatchSyncer {
+        BatchSyncer {
+            syncer,
+            durability,
+            publisher,
+            last_sync: Instant::now(),
+            unsynced: false,
+            failed: false,
+            written_seq: 0,
+            durable_seq: 0,
+            snapshots: None,
+        }
+    }
+
+    /// Asks for a snapshot (through `trigger`) each time `every_events`
+    /// more events are durable; `from` is the sequence the engine started at.
+    pub fn snapshot_every(&mut self, trigger: SyncSender<Seq>, every_events: u64, from: Seq) {
+        self.written_seq = from;
+        self.durable_seq = from;
+        self.snapshots = Some(SnapshotTrigger {
+            trigger,
+            every_events: every_events.max(1),
+            last: from,
+        });
+    }
+
+    fn on_durable(&mut self) {
+        self.durable_seq = self.written_seq;
+        if let Some(snapshots) = &mut self.snapshots {
+            if self.durable_seq >= snapshots.last + snapshots.every_events
+                && snapshots.trigger.try_send(self.durable_seq).is_ok()
+            {
+                snapshots.last = self.durable_seq;
+            }
+        }
+    }
+
+    /// How long until written but unsynced events must be synced.
+    pub fn next_sync_due(&self) -> Option<Duration> {
+        match self.durability {
+            Durability::Interval(every) if self.unsynced => {
+                Some(every.saturating_sub(self.last_sync.elapsed()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Completes batches written before this call: under `Sync`, one sync
+    /// for all of them, then their answers; under `Interval` and `None`,
+    /// answers first, and a sync when one is due.
+    pub fn complete(&mut self, mut batches: Vec<Batch>) -> Result<(), DriverError> {
+        assert!(!self.failed, "a failed sync is never retried");
+        self.unsynced |= batches.iter().any(|batch| !batch.events.is_empty());
+        if let Some(last) = batches.iter().rev().find_map(|batch| batch.events.last()) {
+            self.written_seq = last.seq;
+        }
+        let sync_now = match self.durability {
+            Durability::Sync => self.unsynced,
+            Durability::Interval(every) => self.unsynced && self.last_sync.elapsed() >= every,
+            Durability::None => false,
+        };
+        if self.durability != Durability::Sync {
+            self.deliver(batches.drain(..));
+        }
+        if sync_now {
+            if let Err(error) = self.syncer.sync() {
+                self.failed = true;
+                tracing::error!(%error, "log sync failed: stopping without acknowledging");
+                return Err(error.into());
+            }
+            self.last_sync = Instant::now();
+            self.unsynced = false;
+            self.on_durable();
+        } else if self.durability == Durability::None {
+            self.on_durable();
+        }
+        self.deliver(batches.drain(..));
+        Ok(())
+    }
+
+    /// A final sync of whatever was written.
+    pub fn close(mut self) -> Result<(), DriverError> {
+        if !self.failed && self.unsynced {
+            self.syncer.sync()?;
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, batches: impl Iterator<Item = Batch>) {
+        for batch in batches {
+            if !batch.events.is_empty() {
+                self.publisher.publish(&batch.events);
+            }
+            for delivery in batch.deliveries {
+                delivery();
+            }
+        }
+    }
+}

@@ -1,0 +1,668 @@
+//! The on-disk record format: the only place events become bytes.
+//!
+//! A record carries one group-commit batch of events. Its bytes:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | magic `LNSR` |
+//! | 4 | 2 | format version (u16 LE), [`FORMAT_VERSION`] |
+//! | 6 | 2 | reserved, 0 |
+//! | 8 | 8 | sequence of the first event (u64 LE); event `i` has `first + i` |
+//! | 16 | 4 | number of events (u32 LE), at least 1 |
+//! | 20 | 4 | payload length in bytes (u32 LE) |
+//! | 24 | 4 | CRC32C of bytes 0..24 followed by the payload |
+//! | 28 | 4 | reserved, 0 |
+//! | 32 | n | payload: an rkyv archive (unaligned, little-endian) of `Vec<EventRecord>` |
+//!
+//! The record is stored in sled under the first sequence as 8 big-endian
+//! bytes, so sled iterates records in log order.
+//!
+//! Changing the format: bump [`FORMAT_VERSION`], keep a reader for every
+//! older version, add a fixture written by the old version to the tests,
+//! and update docs/ARCHITECTURE.md in the same commit.
+
+use rkyv::rancor;
+
+use crate::model::{self, AgentId, JobId, RunId, Seq};
+use crate::sched::{Event, EventKind, NewJob, RunSubmitted};
+
+pub const MAGIC: [u8; 4] = *b"LNSR";
+/// The record format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record is {len} bytes, shorter than its {HEADER_LEN}-byte header")]
+    ShortHeader { len: usize },
+    #[error("record does not start with the Lanes magic bytes")]
+    BadMagic,
+    #[error("record was written by format version {found}; this build reads versions up to {FORMAT_VERSION}")]
+    NewerVersion { found: u16 },
+    #[error("record payload is {actual} bytes, its header says {declared}")]
+    Truncated { declared: u32, actual: usize },
+    #[error("record checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("record payload is malformed: {0}")]
+    Payload(String),
+    #[error("record header says {declared} events, its payload holds {actual}")]
+    EventCount { declared: u32, actual: usize },
+}
+
+/// A record's header fields, after its checksum has been verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub version: u16,
+    pub first_seq: Seq,
+    pub count: u32,
+}
+
+impl RecordHeader {
+    pub fn last_seq(&self) -> Seq {
+        self.first_seq + u64::from(self.count) - 1
+    }
+}
+
+/// Encodes a batch of consecutive events as one record.
+pub fn encode(events: &[Event]) -> Vec<u8> {
+    assert!(!events.is_empty(), "a record holds at least one event");
+    let first_seq = events[0].seq;
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(
+            event.seq,
+            first_seq + i as u64,
+            "a record's events are consecutive"
+        );
+    }
+    let records: Vec<EventRecord> = events.iter().map(EventRecord::from).collect();
+    let payload = rkyv::to_bytes::<rancor::Error>(&records).expect("archiving events cannot fail");
+    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&[0, 0]);
+    bytes.extend_from_slice(&first_seq.to_le_bytes());
+    bytes.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &payload);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes.extend_from_slice(&[0, 0, 0, 0]);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+/// Checks a record's header and checksum without decoding its events.
+pub fn check(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::ShortHeader { len: bytes.len() });
+    }
+    if bytes[0..4] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let version = u16_at(4);
+    if version > FORMAT_VERSION {
+        return Err(DecodeError::NewerVersion { found: version });
+    }
+    let first_seq = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let count = u32_at(16);
+    let declared = u32_at(20);
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() != declared as usize {
+        return Err(DecodeError::Truncated {
+            declared,
+            actual: payload.len(),
+        });
+    }
+    let stored = u32_at(24);
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), payload);
+    if stored != computed {
+        return Err(DecodeError::Checksum { stored, computed });
+    }
+    if count == 0 {
+        return Err(DecodeError::EventCount {
+            declared: 0,
+            actual: 0,
+        });
+    }
+    Ok(RecordHeader {
+        version,
+        first_seq,
+        count,
+    })
+}
+
+/// Checks a record and decodes its events. The payload is validated and
+/// read in place (zero-copy); only the events themselves are built.
+pub fn decode(bytes: &[u8]) -> Result<(RecordHeader, Vec<Event>), DecodeError> {
+    let header = check(bytes)?;
+    let archived =
+        rkyv::access::<rkyv::Archived<Vec<EventRecord>>, rancor::Error>(&bytes[HEADER_LEN..])
+            .map_err(|e| DecodeError::Payload(e.to_string()))?;
+    if archived.len() != header.count as usize {
+        return Err(DecodeError::EventCount {
+            declared: header.count,
+            actual: archived.len(),
+        });
+    }
+    let mut events = Vec::with_capacity(archived.len());
+    for (i, record) in archived.iter().enumerate() {
+        let record: EventRecord = rkyv::deserialize::<EventRecord, rancor::Error>(record)
+            .map_err(|e| DecodeError::Payload(e.to_string()))?;
+        events.push(record.into_event(header.first_seq + i as u64));
+    }
+    Ok((header, events))
+}
+
+// ---- boundary types ------------------------------------------------------
+//
+// Mirrors of the scheduler's events for rkyv. The scheduler's own types do
+// not derive serialization: this boundary owns the byte layout, and a change
+// here is a format change.
+
+type Pair = (String, String);
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub time: u64,
+    pub kind: KindRecord,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub enum KindRecord {
+    QueuePut(QueueRecord),
+    QueuePaused {
+        queue: String,
+    },
+    QueueResumed {
+        queue: String,
+    },
+    TagRulesSet(Vec<TagRuleRecord>),
+    RunSubmitted(Box<RunRecord>),
+    JobsAppended {
+        run: u64,
+        first_job: u64,
+        jobs: Vec<JobRecord>,
+    },
+    JobPriorityChanged {
+        job: u64,
+        priority: i32,
+    },
+    RunPriorityChanged {
+        run: u64,
+        priority: i32,
+    },
+    JobCancelled {
+        job: u64,
+    },
+    StopRequested {
+        job: u64,
+        agent: u32,
+        reason: u8,
+    },
+    AgentRegistered {
+        agent: u32,
+        name: String,
+        pools: Vec<String>,
+        labels: Vec<Pair>,
+        slots: u32,
+    },
+    AgentSeen {
+        agent: u32,
+    },
+    WorkRequested {
+        agent: u32,
+        count: u32,
+    },
+    AgentDisconnected {
+        agent: u32,
+    },
+    JobDispatched {
+        job: u64,
+        agent: u32,
+        attempt: u32,
+    },
+    JobCompleted {
+        job: u64,
+        attempt: u32,
+        succeeded: bool,
+        exit_code: i32,
+    },
+    LeaseLost {
+        job: u64,
+    },
+    AgentLost {
+        agent: u32,
+    },
+    JobExpired {
+        job: u64,
+        outcome: u8,
+    },
+    LeasesRestarted,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct QueueRecord {
+    pub name: String,
+    pub priority: i32,
+    pub pools: Vec<String>,
+    pub action_concurrency: Option<u32>,
+    pub run_concurrency: Option<u32>,
+    pub depth: Option<u32>,
+    pub priority_supported: bool,
+    pub paused: bool,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct TagRuleRecord {
+    pub key: String,
+    /// 0: any value; 1: `value`; 2: each value.
+    pub matches: u8,
+    pub value: String,
+    pub limit: u32,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct OptionsRecord {
+    pub queue: Option<String>,
+    pub priority: Option<i32>,
+    pub tags: Vec<Pair>,
+    pub labels: Vec<Pair>,
+    pub max_queued_time_ms: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub run: u64,
+    pub first_job: u64,
+    pub queue: String,
+    pub priority: i32,
+    pub tags: Vec<Pair>,
+    pub defaults: OptionsRecord,
+    pub idempotency: Option<(String, u64)>,
+    pub jobs: Vec<JobRecord>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub queue: String,
+    pub priority: i32,
+    pub own_priority: bool,
+    pub tags: Vec<Pair>,
+    pub labels: Vec<Pair>,
+    pub wait_before: bool,
+    pub max_queued_time_ms: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub max_attempts: u32,
+    pub payload: Vec<u8>,
+}
+
+impl From<&model::QueueConfig> for QueueRecord {
+    fn from(c: &model::QueueConfig) -> QueueRecord {
+        QueueRecord {
+            name: c.name.clone(),
+            priority: c.priority,
+            pools: c.pools.clone(),
+            action_concurrency: c.action_concurrency,
+            run_concurrency: c.run_concurrency,
+            depth: c.depth,
+            priority_supported: c.priority_supported,
+            paused: c.paused,
+        }
+    }
+}
+
+impl From<QueueRecord> for model::QueueConfig {
+    fn from(c: QueueRecord) -> model::QueueConfig {
+        model::QueueConfig {
+            name: c.name,
+            priority: c.priority,
+            pools: c.pools,
+            action_concurrency: c.action_concurrency,
+            run_concurrency: c.run_concurrency,
+            depth: c.depth,
+            priority_supported: c.priority_supported,
+            paused: c.paused,
+        }
+    }
+}
+
+impl From<&model::TagRule> for TagRuleRecord {
+    fn from(rule: &model::TagRule) -> TagRuleRecord {
+        let (matches, value) = match &rule.matches {
+            model::TagMatch::AnyValue => (0, String::new()),
+            model::TagMatch::Value(value) => (1, value.clone()),
+            model::TagMatch::EachValue => (2, String::new()),
+        };
+        TagRuleRecord {
+            key: rule.key.clone(),
+            matches,
+            value,
+            limit: rule.limit,
+        }
+    }
+}
+
+impl From<TagRuleRecord> for model::TagRule {
+    fn from(rule: TagRuleRecord) -> model::TagRule {
+        let matches = match rule.matches {
+            1 => model::TagMatch::Value(rule.value),
+            2 => model::TagMatch::EachValue,
+            _ => model::TagMatch::AnyValue,
+        };
+        model::TagRule {
+            key: rule.key,
+            matches,
+            limit: rule.limit,
+        }
+    }
+}
+
+impl From<&model::JobOptions> for OptionsRecord {
+    fn from(o: &model::JobOptions) -> OptionsRecord {
+        OptionsRecord {
+            queue: o.queue.clone(),
+            priority: o.priority,
+            tags: o.tags.clone(),
+            labels: o.labels.clone(),
+            max_queued_time_ms: o.max_queued_time_ms,
+            deadline_ms: o.deadline_ms,
+            max_attempts: o.max_attempts,
+        }
+    }
+}
+
+impl From<OptionsRecord> for model::JobOptions {
+    fn from(o: OptionsRecord) -> model::JobOptions {
+        model::JobOptions {
+            queue: o.queue,
+            priority: o.priority,
+            tags: o.tags,
+            labels: o.labels,
+            max_queued_time_ms: o.max_queued_time_ms,
+            deadline_ms: o.deadline_ms,
+            max_attempts: o.max_attempts,
+        }
+    }
+}
+
+impl From<&NewJob> for JobRecord {
+    fn from(j: &NewJob) -> JobRecord {
+        JobRecord {
+            queue: j.queue.clone(),
+            priority: j.priority,
+            own_priority: j.own_priority,
+            tags: j.tags.clone(),
+            labels: j.labels.clone(),
+            wait_before: j.wait_before,
+            max_queued_time_ms: j.max_queued_time_ms,
+            deadline_ms: j.deadline_ms,
+            max_attempts: j.max_attempts,
+            payload: j.payload.clone(),
+        }
+    }
+}
+
+impl From<JobRecord> for NewJob {
+    fn from(j: JobRecord) -> NewJob {
+        NewJob {
+            queue: j.queue,
+            priority: j.priority,
+            own_priority: j.own_priority,
+            tags: j.tags,
+            labels: j.labels,
+            wait_before: j.wait_before,
+            max_queued_time_ms: j.max_queued_time_ms,
+            deadline_ms: j.deadline_ms,
+            max_attempts: j.max_attempts,
+            payload: j.payload,
+        }
+    }
+}
+
+fn outcome_code(outcome: model::Outcome) -> u8 {
+    match outcome {
+        model::Outcome::Succeeded => 1,
+        model::Outcome::Failed => 2,
+        model::Outcome::Cancelled => 3,
+        model::Outcome::Skipped => 4,
+        model::Outcome::QueueTimeout => 5,
+        model::Outcome::DeadlineExceeded => 6,
+        model::Outcome::Lost => 7,
+    }
+}
+
+fn outcome_from(code: u8) -> model::Outcome {
+    match code {
+        1 => model::Outcome::Succeeded,
+        2 => model::Outcome::Failed,
+        3 => model::Outcome::Cancelled,
+        4 => model::Outcome::Skipped,
+        5 => model::Outcome::QueueTimeout,
+        6 => model::Outcome::DeadlineExceeded,
+        _ => model::Outcome::Lost,
+    }
+}
+
+fn stop_code(reason: model::StopReason) -> u8 {
+    match reason {
+        model::StopReason::Cancelled => 1,
+        model::StopReason::DeadlineExceeded => 2,
+    }
+}
+
+fn stop_from(code: u8) -> model::StopReason {
+    match code {
+        2 => model::StopReason::DeadlineExceeded,
+        _ => model::StopReason::Cancelled,
+    }
+}
+
+impl From<&Event> for EventRecord {
+    fn from(event: &Event) -> EventRecord {
+        use KindRecord as K;
+        let kind = match &event.kind {
+            EventKind::QueuePut(config) => K::QueuePut(config.into()),
+            EventKind::QueuePaused { queue } => K::QueuePaused {
+                queue: queue.clone(),
+            },
+            EventKind::QueueResumed { queue } => K::QueueResumed {
+                queue: queue.clone(),
+            },
+            EventKind::TagRulesSet(rules) => K::TagRulesSet(rules.iter().map(Into::into).collect()),
+            EventKind::RunSubmitted(s) => K::RunSubmitted(Box::new(RunRecord {
+                run: s.run.0,
+                first_job: s.first_job.0,
+                queue: s.queue.clone(),
+                priority: s.priority,
+                tags: s.tags.clone(),
+                defaults: (&s.defaults).into(),
+                idempotency: s.idempotency.clone(),
+                jobs: s.jobs.iter().map(Into::into).collect(),
+            })),
+            EventKind::JobsAppended {
+                run,
+                first_job,
+                jobs,
+            } => K::JobsAppended {
+                run: run.0,
+                first_job: first_job.0,
+                jobs: jobs.iter().map(Into::into).collect(),
+            },
+            EventKind::JobPriorityChanged { job, priority } => K::JobPriorityChanged {
+                job: job.0,
+                priority: *priority,
+            },
+            EventKind::RunPriorityChanged { run, priority } => K::RunPriorityChanged {
+                run: run.0,
+                priority: *priority,
+            },
+            EventKind::JobCancelled { job } => K::JobCancelled { job: job.0 },
+            EventKind::StopRequested { job, agent, reason } => K::StopRequested {
+                job: job.0,
+                agent: agent.0,
+                reason: stop_code(*reason),
+            },
+            EventKind::AgentRegistered {
+                agent,
+                name,
+                pools,
+                labels,
+                slots,
+            } => K::AgentRegistered {
+                agent: agent.0,
+                name: name.clone(),
+                pools: pools.clone(),
+                labels: labels.clone(),
+                slots: *slots,
+            },
+            EventKind::AgentSeen { agent } => K::AgentSeen { agent: agent.0 },
+            EventKind::WorkRequested { agent, count } => K::WorkRequested {
+                agent: agent.0,
+                count: *count,
+            },
+            EventKind::AgentDisconnected { agent } => K::AgentDisconnected { agent: agent.0 },
+            EventKind::JobDispatched {
+                job,
+                agent,
+                attempt,
+            } => K::JobDispatched {
+                job: job.0,
+                agent: agent.0,
+                attempt: *attempt,
+            },
+            EventKind::JobCompleted {
+                job,
+                attempt,
+                report,
+                exit_code,
+            } => K::JobCompleted {
+                job: job.0,
+                attempt: *attempt,
+                succeeded: *report == model::Report::Succeeded,
+                exit_code: *exit_code,
+            },
+            EventKind::LeaseLost { job } => K::LeaseLost { job: job.0 },
+            EventKind::AgentLost { agent } => K::AgentLost { agent: agent.0 },
+            EventKind::JobExpired { job, outcome } => K::JobExpired {
+                job: job.0,
+                outcome: outcome_code(*outcome),
+            },
+            EventKind::LeasesRestarted => K::LeasesRestarted,
+        };
+        EventRecord {
+            time: event.time,
+            kind,
+        }
+    }
+}
+
+impl EventRecord {
+    pub fn into_event(self, seq: Seq) -> Event {
+        use KindRecord as K;
+        let kind = match self.kind {
+            K::QueuePut(config) => EventKind::QueuePut(config.into()),
+            K::QueuePaused { queue } => EventKind::QueuePaused { queue },
+            K::QueueResumed { queue } => EventKind::QueueResumed { queue },
+            K::TagRulesSet(rules) => {
+                EventKind::TagRulesSet(rules.into_iter().map(Into::into).collect())
+            }
+            K::RunSubmitted(s) => EventKind::RunSubmitted(Box::new(RunSubmitted {
+                run: RunId(s.run),
+                first_job: JobId(s.first_job),
+                queue: s.queue,
+                priority: s.priority,
+                tags: s.tags,
+                defaults: s.defaults.into(),
+                idempotency: s.idempotency,
+                jobs: s.jobs.into_iter().map(Into::into).collect(),
+            })),
+            K::JobsAppended {
+                run,
+                first_job,
+                jobs,
+            } => EventKind::JobsAppended {
+                run: RunId(run),
+                first_job: JobId(first_job),
+                jobs: jobs.into_iter().map(Into::into).collect(),
+            },
+            K::JobPriorityChanged { job, priority } => EventKind::JobPriorityChanged {
+                job: JobId(job),
+                priority,
+            },
+            K::RunPriorityChanged { run, priority } => EventKind::RunPriorityChanged {
+                run: RunId(run),
+                priority,
+            },
+            K::JobCancelled { job } => EventKind::JobCancelled { job: JobId(job) },
+            K::StopRequested { job, agent, reason } => EventKind::StopRequested {
+                job: JobId(job),
+                agent: AgentId(agent),
+                reason: stop_from(reason),
+            },
+            K::AgentRegistered {
+                agent,
+                name,
+                pools,
+                labels,
+                slots,
+            } => EventKind::AgentRegistered {
+                agent: AgentId(agent),
+                name,
+                pools,
+                labels,
+                slots,
+            },
+            K::AgentSeen { agent } => EventKind::AgentSeen {
+                agent: AgentId(agent),
+            },
+            K::WorkRequested { agent, count } => EventKind::WorkRequested {
+                agent: AgentId(agent),
+                count,
+            },
+            K::AgentDisconnected { agent } => EventKind::AgentDisconnected {
+                agent: AgentId(agent),
+            },
+            K::JobDispatched {
+                job,
+                agent,
+                attempt,
+            } => EventKind::JobDispatched {
+                job: JobId(job),
+                agent: AgentId(agent),
+                attempt,
+            },
+            K::JobCompleted {
+                job,
+                attempt,
+                succeeded,
+                exit_code,
+            } => EventKind::JobCompleted {
+                job: JobId(job),
+                attempt,
+                report: if succeeded {
+                    model::Report::Succeeded
+                } else {
+                    model::Report::Failed
+                },
+                exit_code,
+            },
+            K::LeaseLost { job } => EventKind::LeaseLost { job: JobId(job) },
+            K::AgentLost { agent } => EventKind::AgentLost {
+                agent: AgentId(agent),
+            },
+            K::JobExpired { job, outcome } => EventKind::JobExpired {
+                job: JobId(job),
+                outcome: outcome_from(outcome),
+            },
+            K::LeasesRestarted => EventKind::LeasesRestarted,
+        };
+        Event {
+            seq,
+            time: self.time,
+            kind,
+        }
+    }
+}

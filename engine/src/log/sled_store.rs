@@ -1,0 +1,197 @@
+//! The log in sled 0.34 (pinned to 0.34.7).
+//!
+//! sled's own flush ends in `sync_file_range`, which does not flush the
+//! drive's write cache; its issues also report databases that would not open
+//! after an unclean stop and deadlocks with concurrent `flush_async`. So:
+//! - one record per group-commit batch, so sled's per-insert cost is paid per
+//!   batch, not per event;
+//! - sled's background flusher is off; the engine's single syncer thread is
+//!   the only caller of `flush`, and after it fdatasyncs every file of the
+//!   database, so `sync` reaches stable storage;
+//! - a panic inside sled's open becomes a clear error;
+//! - records carry our own checksums and gap-free sequences (see `format`),
+//!   so replay proves it saw everything.
+
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use crate::log::store::{LogReader, LogStore, StoreError, Syncer};
+use crate::model::Seq;
+
+const RECORDS_TREE: &str = "records";
+
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    records: sled::Tree,
+    syncer_taken: bool,
+}
+
+impl SledStore {
+    /// Opens (or creates) the log in the folder `path`.
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(path).map_err(|e| open_error(e.to_string()))?;
+        let config = sled::Config::new()
+            .path(path.join("log"))
+            .flush_every_ms(None);
+        // sled 0.34 can panic on a damaged database instead of failing.
+        let db = catch_unwind(AssertUnwindSafe(|| config.open()))
+            .map_err(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                open_error(format!("sled panicked while opening the database: {what}"))
+            })?
+            .map_err(|e| open_error(e.to_string()))?;
+        let records = db
+            .open_tree(RECORDS_TREE)
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(SledStore {
+            path: path.to_path_buf(),
+            db,
+            records,
+            syncer_taken: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes sled occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl LogReader for SledStore {
+    fn scan(&self, from: Seq, visit: &mut dyn FnMut(Seq, &[u8]) -> bool) -> Result<(), StoreError> {
+        scan_tree(&self.records, from, visit)
+    }
+
+    fn remove_before(&mut self, seq: Seq) -> Result<(), StoreError> {
+        remove_before_in(&self.records, seq)
+    }
+}
+
+impl LogStore for SledStore {
+    fn write(&mut self, first_seq: Seq, record: &[u8]) -> Result<(), StoreError> {
+        self.records
+            .insert(first_seq.to_be_bytes(), record)
+            .map(|_| ())
+            .map_err(|e| StoreError::Write {
+                seq: first_seq,
+                reason: e.to_string(),
+            })
+    }
+
+    fn remove(&mut self, seq: Seq) -> Result<(), StoreError> {
+        self.records
+            .remove(seq.to_be_bytes())
+            .map(|_| ())
+            .map_err(|e| StoreError::Truncate {
+                seq,
+                reason: e.to_string(),
+            })
+    }
+
+    fn syncer(&mut self) -> Box<dyn Syncer> {
+        assert!(!self.syncer_taken, "a store has exactly one syncer");
+        self.syncer_taken = true;
+        Box::new(SledSyncer {
+            db: self.db.clone(),
+            folder: self.path.join("log"),
+        })
+    }
+
+    fn reader(&self) -> Box<dyn LogReader> {
+        Box::new(SledReader {
+            records: self.records.clone(),
+        })
+    }
+}
+
+struct SledReader {
+    records: sled::Tree,
+}
+
+impl LogReader for SledReader {
+    fn scan(&self, from: Seq, visit: &mut dyn FnMut(Seq, &[u8]) -> bool) -> Result<(), StoreError> {
+        scan_tree(&self.records, from, visit)
+    }
+
+    fn remove_before(&mut self, seq: Seq) -> Result<(), StoreError> {
+        remove_before_in(&self.records, seq)
+    }
+}
+
+fn scan_tree(
+    records: &sled::Tree,
+    from: Seq,
+    visit: &mut dyn FnMut(Seq, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    for entry in records.range(from.to_be_bytes()..) {
+        let (key, value) = entry.map_err(|e| StoreError::Read {
+            reason: e.to_string(),
+        })?;
+        let key: [u8; 8] = key.as_ref().try_into().map_err(|_| StoreError::Read {
+            reason: format!("a record key is {} bytes, not 8", key.len()),
+        })?;
+        if !visit(u64::from_be_bytes(key), &value) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn remove_before_in(records: &sled::Tree, seq: Seq) -> Result<(), StoreError> {
+    let truncate_error = |e: sled::Error| StoreError::Truncate {
+        seq,
+        reason: e.to_string(),
+    };
+    let mut batch = sled::Batch::default();
+    for key in records.range(..seq.to_be_bytes()).keys() {
+        batch.remove(key.map_err(truncate_error)?);
+    }
+    records.apply_batch(batch).map_err(truncate_error)
+}
+
+struct SledSyncer {
+    db: sled::Db,
+    folder: PathBuf,
+}
+
+impl Syncer for SledSyncer {
+    fn sync(&mut self) -> Result<(), StoreError> {
+        let sync_error = |what: &str, e: std::io::Error| StoreError::Sync {
+            reason: format!("{what}: {e}"),
+        };
+        self.db.flush().map_err(|e| StoreError::Sync {
+            reason: e.to_string(),
+        })?;
+        // sled's flush stops at sync_file_range: make it reach the disk.
+        fdatasync_tree(&self.folder).map_err(|e| sync_error("fdatasync of the log files", e))
+    }
+}
+
+/// fdatasyncs every regular file under `folder`, and the folders themselves
+/// (new segment files must be reachable after a crash).
+fn fdatasync_tree(folder: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(folder)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            fdatasync_tree(&entry.path())?;
+        } else if kind.is_file() {
+            File::open(entry.path())?.sync_data()?;
+        }
+    }
+    File::open(folder)?.sync_all()
+}

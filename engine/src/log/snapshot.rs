@@ -1,0 +1,506 @@
+//! Snapshots: the scheduler's image at a sequence, in a checksummed file, so
+//! start-up replays only the records after it and the log can drop the
+//! records before it.
+//!
+//! A snapshot file `snapshot-<seq, 20 digits>.lsnap` in the data folder's
+//! `snapshots/`:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | magic `LNSS` |
+//! | 4 | 2 | format version (u16 LE), [`SNAPSHOT_VERSION`] |
+//! | 6 | 2 | reserved, 0 |
+//! | 8 | 8 | the sequence of the last event it includes (u64 LE) |
+//! | 16 | 8 | payload length (u64 LE) |
+//! | 24 | 4 | CRC32C of bytes 0..24 followed by the payload |
+//! | 28 | 4 | reserved, 0 |
+//! | 32 | n | payload: an rkyv archive of `SnapshotRecord` |
+//!
+//! Files are written to a temporary name, fsynced, renamed and the folder
+//! fsynced, so a crash leaves either the old set of snapshots or the new.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rkyv::rancor;
+
+use crate::log::format::{OptionsRecord, QueueRecord, TagRuleRecord};
+use crate::model::{AgentId, JobId, Outcome, RunId, Seq, StopReason};
+use crate::sched::{AgentImage, Image, JobImage, JobStateImage, QueueImage, RunImage};
+
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"LNSS";
+pub const SNAPSHOT_VERSION: u16 = 1;
+const HEADER_LEN: usize = 32;
+/// Snapshots kept besides the newest: one older, in case the newest is
+/// damaged and the operator asks for repair.
+pub const SNAPSHOTS_KEPT: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("snapshot {path} is damaged: {reason}")]
+    Damaged { path: String, reason: String },
+    #[error("snapshot {path} was written by snapshot format {found}; this build reads up to {SNAPSHOT_VERSION}: upgrade Lanes")]
+    NewerVersion { path: String, found: u16 },
+}
+
+type Pair = (String, String);
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub last_seq: u64,
+    pub clock: u64,
+    pub next_run: u64,
+    pub queues: Vec<(QueueRecord, [u64; 6])>,
+    pub rules: Vec<TagRuleRecord>,
+    pub pools: Vec<String>,
+    pub tag_sets: Vec<Vec<Pair>>,
+    pub label_sets: Vec<Vec<Pair>>,
+    pub runs: Vec<RunSnapshot>,
+    pub first_job: u64,
+    pub jobs: Vec<JobSnapshot>,
+    pub agents: Vec<AgentSnapshot>,
+    pub idempotency: Vec<(String, u64, u64)>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct RunSnapshot {
+    pub id: u64,
+    pub queue: u32,
+    pub priority: i32,
+    pub defaults: Option<OptionsRecord>,
+    pub position: u64,
+    pub submitted_at: u64,
+    pub jobs: Vec<u64>,
+    /// initial_jobs, unfinished, last_stage, released, released_unfinished.
+    pub counts: [u32; 5],
+    pub active: bool,
+    pub open_stage: Option<u32>,
+    pub failed_stage: Option<u32>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct JobSnapshot {
+    pub run: u64,
+    pub priority: i32,
+    pub position: u64,
+    pub upload: u32,
+    pub queue: u32,
+    pub tags: u32,
+    pub labels: u32,
+    pub stage: u32,
+    /// 0 held, 1 waiting, 2 running, 3 finished.
+    pub state: u8,
+    pub agent: u32,
+    /// Stop reason (0 none, 1 cancelled, 2 deadline) or outcome code.
+    pub reason: u8,
+    pub exit_code: Option<i32>,
+    pub finished_at: u64,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub own_priority: bool,
+    pub submitted_at: u64,
+    pub waiting_since: u64,
+    pub max_queued_time_ms: Option<u64>,
+    pub deadline_at: Option<u64>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct AgentSnapshot {
+    pub name: String,
+    pub pools: Vec<String>,
+    pub labels: Vec<Pair>,
+    pub slots: u32,
+    pub running: Vec<u64>,
+    pub credit: u32,
+    pub present: bool,
+    pub lease_until: u64,
+    pub hungry_since: Option<u64>,
+}
+
+const OUTCOMES: [Outcome; 7] = [
+    Outcome::Succeeded,
+    Outcome::Failed,
+    Outcome::Cancelled,
+    Outcome::Skipped,
+    Outcome::QueueTimeout,
+    Outcome::DeadlineExceeded,
+    Outcome::Lost,
+];
+
+impl From<&Image> for SnapshotRecord {
+    fn from(image: &Image) -> SnapshotRecord {
+        SnapshotRecord {
+            last_seq: image.last_seq,
+            clock: image.clock,
+            next_run: image.next_run,
+            queues: image
+                .queues
+                .iter()
+                .map(|q| {
+                    let counts = [
+                        q.waiting,
+                        q.running,
+                        q.held,
+                        q.submitted_total,
+                        q.dispatched_total,
+                        q.finished_total,
+                    ];
+                    ((&q.config).into(), counts)
+                })
+                .collect(),
+            rules: image.rules.iter().map(Into::into).collect(),
+            pools: image.pools.clone(),
+            tag_sets: image.tag_sets.clone(),
+            label_sets: image.label_sets.clone(),
+            runs: image
+                .runs
+                .iter()
+                .map(|r| RunSnapshot {
+                    id: r.id.0,
+                    queue: r.queue,
+                    priority: r.priority,
+                    defaults: r.defaults.as_ref().map(Into::into),
+                    position: r.position,
+                    submitted_at: r.submitted_at,
+                    jobs: r.jobs.iter().map(|j| j.0).collect(),
+                    counts: [
+                        r.initial_jobs,
+                        r.unfinished,
+                        r.last_stage,
+                        r.released,
+                        r.released_unfinished,
+                    ],
+                    active: r.active,
+                    open_stage: r.open_stage,
+                    failed_stage: r.failed_stage,
+                    idempotency_key: r.idempotency_key.clone(),
+                })
+                .collect(),
+            first_job: image.first_job,
+            jobs: image.jobs.iter().map(job_snapshot).collect(),
+            agents: image
+                .agents
+                .iter()
+                .map(|a| AgentSnapshot {
+                    name: a.name.clone(),
+                    pools: a.pools.clone(),
+                    labels: a.labels.clone(),
+                    slots: a.slots,
+                    running: a.running.iter().map(|j| j.0).collect(),
+                    credit: a.credit,
+                    present: a.present,
+                    lease_until: a.lease_until,
+                    hungry_since: a.hungry_since,
+                })
+                .collect(),
+            idempotency: image
+                .idempotency
+                .iter()
+                .map(|(k, run, hash)| (k.clone(), run.0, *hash))
+                .collect(),
+        }
+    }
+}
+
+fn job_snapshot(job: &JobImage) -> JobSnapshot {
+    let (state, agent, reason, exit_code, finished_at) = match job.state {
+        JobStateImage::Held => (0, 0, 0, None, 0),
+        JobStateImage::Waiting => (1, 0, 0, None, 0),
+        JobStateImage::Running { agent, stop } => {
+            let reason = match stop {
+                None => 0,
+                Some(StopReason::Cancelled) => 1,
+                Some(StopReason::DeadlineExceeded) => 2,
+            };
+            (2, agent.0, reason, None, 0)
+        }
+        JobStateImage::Finished {
+            outcome,
+            exit_code,
+            at,
+        } => {
+            let code = OUTCOMES
+                .iter()
+                .position(|&o| o == outcome)
+                .expect("every outcome is listed") as u8;
+            (3, 0, code, exit_code, at)
+        }
+    };
+    JobSnapshot {
+        run: job.run.0,
+        priority: job.priority,
+        position: job.position,
+        upload: job.upload,
+        queue: job.queue,
+        tags: job.tags,
+        labels: job.labels,
+        stage: job.stage,
+        state,
+        agent,
+        reason,
+        exit_code,
+        finished_at,
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        own_priority: job.own_priority,
+        submitted_at: job.submitted_at,
+        waiting_since: job.waiting_since,
+        max_queued_time_ms: job.max_queued_time_ms,
+        deadline_at: job.deadline_at,
+        payload: job.payload.clone(),
+    }
+}
+
+impl SnapshotRecord {
+    fn into_image(self) -> Result<Image, String> {
+        let mut jobs = Vec::with_capacity(self.jobs.len());
+        for job in self.jobs {
+            let state = match (job.state, job.reason) {
+                (0, _) => JobStateImage::Held,
+                (1, _) => JobStateImage::Waiting,
+                (2, 0) => JobStateImage::Running {
+                    agent: AgentId(job.agent),
+                    stop: None,
+                },
+                (2, 1) => JobStateImage::Running {
+                    agent: AgentId(job.agent),
+                    stop: Some(StopReason::Cancelled),
+                },
+                (2, 2) => JobStateImage::Running {
+                    agent: AgentId(job.agent),
+                    stop: Some(StopReason::DeadlineExceeded),
+                },
+                (3, code) if (code as usize) < OUTCOMES.len() => JobStateImage::Finished {
+                    outcome: OUTCOMES[code as usize],
+                    exit_code: job.exit_code,
+                    at: job.finished_at,
+                },
+                (state, reason) => return Err(format!("job state {state}/{reason} is unknown")),
+            };
+            jobs.push(JobImage {
+                run: RunId(job.run),
+                priority: job.priority,
+                position: job.position,
+                upload: job.upload,
+                queue: job.queue,
+                tags: job.tags,
+                labels: job.labels,
+                stage: job.stage,
+                state,
+                attempt: job.attempt,
+                max_attempts: job.max_attempts,
+                own_priority: job.own_priority,
+                submitted_at: job.submitted_at,
+                waiting_since: job.waiting_since,
+                max_queued_time_ms: job.max_queued_time_ms,
+                deadline_at: job.deadline_at,
+                payload: job.payload,
+            });
+        }
+        Ok(Image {
+            last_seq: self.last_seq,
+            clock: self.clock,
+            next_run: self.next_run,
+            queues: self
+                .queues
+                .into_iter()
+                .map(|(config, c)| QueueImage {
+                    config: config.into(),
+                    waiting: c[0],
+                    running: c[1],
+                    held: c[2],
+                    submitted_total: c[3],
+                    dispatched_total: c[4],
+                    finished_total: c[5],
+                })
+                .collect(),
+            rules: self.rules.into_iter().map(Into::into).collect(),
+            pools: self.pools,
+            tag_sets: self.tag_sets,
+            label_sets: self.label_sets,
+            runs: self
+                .runs
+                .into_iter()
+                .map(|r| RunImage {
+                    id: RunId(r.id),
+                    queue: r.queue,
+                    priority: r.priority,
+                    defaults: r.defaults.map(Into::into),
+                    position: r.position,
+                    submitted_at: r.submitted_at,
+                    jobs: r.jobs.into_iter().map(JobId).collect(),
+                    initial_jobs: r.counts[0],
+                    unfinished: r.counts[1],
+                    last_stage: r.counts[2],
+                    released: r.counts[3],
+                    released_unfinished: r.counts[4],
+                    active: r.active,
+                    open_stage: r.open_stage,
+                    failed_stage: r.failed_stage,
+                    idempotency_key: r.idempotency_key,
+                })
+                .collect(),
+            first_job: self.first_job,
+            jobs,
+            agents: self
+                .agents
+                .into_iter()
+                .map(|a| AgentImage {
+                    name: a.name,
+                    pools: a.pools,
+                    labels: a.labels,
+                    slots: a.slots,
+                    running: a.running.into_iter().map(JobId).collect(),
+                    credit: a.credit,
+                    present: a.present,
+                    lease_until: a.lease_until,
+                    hungry_since: a.hungry_since,
+                })
+                .collect(),
+            idempotency: self
+                .idempotency
+                .into_iter()
+                .map(|(k, run, hash)| (k, RunId(run), hash))
+                .collect(),
+        })
+    }
+}
+
+/// Encodes an image as snapshot file bytes.
+pub fn encode(image: &Image) -> Vec<u8> {
+    let record = SnapshotRecord::from(image);
+    let payload =
+        rkyv::to_bytes::<rancor::Error>(&record).expect("archiving a snapshot cannot fail");
+    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+    bytes.extend_from_slice(&SNAPSHOT_MAGIC);
+    bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&[0, 0]);
+    bytes.extend_from_slice(&image.last_seq.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &payload);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+/// Checks and decodes snapshot file bytes; `path` names it in errors.
+pub fn decode(path: &str, bytes: &[u8]) -> Result<Image, SnapshotError> {
+    let damaged = |reason: String| SnapshotError::Damaged {
+        path: path.to_string(),
+        reason,
+    };
+    if bytes.len() < HEADER_LEN || bytes[0..4] != SNAPSHOT_MAGIC {
+        return Err(damaged("it does not start with a snapshot header".into()));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version > SNAPSHOT_VERSION {
+        return Err(SnapshotError::NewerVersion {
+            path: path.to_string(),
+            found: version,
+        });
+    }
+    let seq = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let length = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() as u64 != length {
+        return Err(damaged(format!(
+            "its payload is {} bytes, its header says {length}",
+            payload.len()
+        )));
+    }
+    let stored = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes"));
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), payload);
+    if stored != computed {
+        return Err(damaged(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        )));
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    let record = rkyv::from_bytes::<SnapshotRecord, rancor::Error>(&aligned)
+        .map_err(|e| damaged(e.to_string()))?;
+    if record.last_seq != seq {
+        return Err(damaged(format!(
+            "its header says sequence {seq}, its contents {}",
+            record.last_seq
+        )));
+    }
+    record.into_image().map_err(damaged)
+}
+
+fn folder(data: &Path) -> PathBuf {
+    data.join("snapshots")
+}
+
+fn file_name(seq: Seq) -> String {
+    format!("snapshot-{seq:020}.lsnap")
+}
+
+/// The snapshots in the data folder, newest first.
+pub fn list(data: &Path) -> Result<Vec<(Seq, PathBuf)>, SnapshotError> {
+    let dir = folder(data);
+    let io = |e: std::io::Error| SnapshotError::Io {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut found = Vec::new();
+    match fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(io)?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let seq = name
+                    .strip_prefix("snapshot-")
+                    .and_then(|rest| rest.strip_suffix(".lsnap"));
+                if let Some(seq) = seq.and_then(|s| s.parse::<Seq>().ok()) {
+                    found.push((seq, entry.path()));
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    Ok(found)
+}
+
+pub fn read(path: &Path) -> Result<Image, SnapshotError> {
+    let bytes = fs::read(path).map_err(|e| SnapshotError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    decode(&path.display().to_string(), &bytes)
+}
+
+/// Writes a snapshot durably and removes all but the newest
+/// [`SNAPSHOTS_KEPT`].
+pub fn write(data: &Path, image: &Image) -> Result<PathBuf, SnapshotError> {
+    let dir = folder(data);
+    let path = dir.join(file_name(image.last_seq));
+    let io = |what: &str, e: std::io::Error| SnapshotError::Io {
+        path: path.display().to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    fs::create_dir_all(&dir).map_err(|e| io("creating the folder", e))?;
+    let temporary = dir.join(format!("{}.tmp", file_name(image.last_seq)));
+    let mut file = File::create(&temporary).map_err(|e| io("creating", e))?;
+    file.write_all(&encode(image))
+        .map_err(|e| io("writing", e))?;
+    file.sync_all().map_err(|e| io("fsync", e))?;
+    drop(file);
+    fs::rename(&temporary, &path).map_err(|e| io("renaming", e))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("fsync of the folder", e))?;
+    for (_, old) in list(data)?.into_iter().skip(SNAPSHOTS_KEPT) {
+        let _ = fs::remove_file(old);
+    }
+    Ok(path)
+}
