@@ -15,6 +15,7 @@ mod memory;
 mod sled_store;
 pub mod snapshot;
 pub mod store;
+pub mod verify;
 
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
