@@ -559,6 +559,9 @@ struct Harness {
     now: TimeMs,
     /// Every command with its reply and events, for the failure message.
     trace: Vec<String>,
+    /// Restored from a snapshot image of the real scheduler halfway through
+    /// the case, then given the same commands: it must decide the same.
+    restored: Option<Scheduler>,
 }
 
 impl Harness {
@@ -574,6 +577,7 @@ impl Harness {
             log: Vec::new(),
             now: 0,
             trace: Vec::new(),
+            restored: None,
         }
     }
 
@@ -582,7 +586,17 @@ impl Harness {
             self.step(Command::PutQueue(config.clone()))?;
         }
         self.step(Command::SetTagRules(case.rules.clone()))?;
-        for op in &case.ops {
+        for (i, op) in case.ops.iter().enumerate() {
+            if i == case.ops.len() / 2 {
+                let restored = Scheduler::from_image(self.config.clone(), self.real.image())
+                    .map_err(|e| format!("restoring a snapshot image: {e}"))?;
+                restored.check_invariants();
+                ensure!(
+                    restored.digest() == self.real.digest(),
+                    "a restored snapshot image differs"
+                );
+                self.restored = Some(restored);
+            }
             let command = self.command(op);
             self.step(command)?;
         }
@@ -738,7 +752,16 @@ impl Harness {
         let seq_before = self.real.last_seq();
         let mut events = Vec::new();
         self.trace.push(format!("t={now} {command:?}"));
+        let twin = self.restored.as_ref().map(|_| command.clone());
         let reply = self.real.handle(command, now, &mut events);
+        if let (Some(restored), Some(command)) = (self.restored.as_mut(), twin) {
+            let mut twin_events = Vec::new();
+            let twin_reply = restored.handle(command, now, &mut twin_events);
+            ensure!(
+                twin_reply == reply && twin_events == events,
+                "the scheduler restored from a snapshot decided differently"
+            );
+        }
         self.trace.push(format!("    -> {reply:?}"));
         self.trace.extend(events.iter().map(describe));
         if let Err(rejection) = &reply {
