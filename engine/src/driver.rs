@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::log::format;
 use crate::log::store::{LogStore, StoreError, Syncer};
-use crate::model::{Seq, TimeMs};
+use crate::model::{AgentId, JobId, Pair, RunId, Seq, StopReason, TimeMs};
 use crate::replay::take_snapshot;
-use crate::sched::{Command, Event, Rejection, Reply, Scheduler, SchedulerConfig};
+use crate::sched::{Command, Event, EventKind, Rejection, Reply, Scheduler, SchedulerConfig};
 
 /// What "acknowledged" promises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,11 +115,71 @@ pub enum Request {
 /// Receives every event, in order, once it is durable: the server turns
 /// dispatches and stop requests into messages to agents.
 pub trait Publisher: Send + 'static {
-    fn publish(&mut self, events: &[Event]);
+    fn publish(&mut self, events: &[Event], notices: &[Notice]);
 }
 
 impl Publisher for () {
-    fn publish(&mut self, _events: &[Event]) {}
+    fn publish(&mut self, _events: &[Event], _notices: &[Notice]) {}
+}
+
+/// What agents must hear of a batch. Built by the writer, which holds the
+/// state (the events name only ids), and delivered by the syncer once the
+/// batch is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A job for an agent, with everything it needs to run it.
+    Dispatch {
+        agent: AgentId,
+        job: JobId,
+        run: RunId,
+        attempt: u32,
+        queue: String,
+        priority: i32,
+        tags: Vec<Pair>,
+        payload: Vec<u8>,
+    },
+    /// An agent must stop a job (cancelled, or past its deadline).
+    Stop {
+        agent: AgentId,
+        job: JobId,
+        attempt: u32,
+        reason: StopReason,
+    },
+}
+
+/// The notices of the events `events` (already applied to `scheduler`).
+fn notices_of(scheduler: &Scheduler, events: &[Event], notices: &mut Vec<Notice>) {
+    for event in events {
+        match event.kind {
+            EventKind::JobDispatched {
+                job,
+                agent,
+                attempt,
+            } => {
+                let view = scheduler.job(job).expect("a dispatched job exists");
+                notices.push(Notice::Dispatch {
+                    agent,
+                    job,
+                    run: view.run,
+                    attempt,
+                    queue: view.queue.to_string(),
+                    priority: view.priority,
+                    tags: view.tags.to_vec(),
+                    payload: view.payload.to_vec(),
+                });
+            }
+            EventKind::StopRequested { job, agent, reason } => {
+                let attempt = scheduler.job(job).map_or(0, |view| view.attempt);
+                notices.push(Notice::Stop {
+                    agent,
+                    job,
+                    attempt,
+                    reason,
+                });
+            }
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +201,7 @@ pub struct Stopped;
 /// One group-commit batch: its events and what to send once durable.
 pub struct Batch {
     pub events: Vec<Event>,
+    pub notices: Vec<Notice>,
     deliveries: Vec<Delivery>,
 }
 
@@ -398,12 +459,16 @@ impl BatchWriter {
     ) -> Result<Batch, DriverError> {
         let mut batch = Batch {
             events: Vec::new(),
+            notices: Vec::new(),
             deliveries: Vec::new(),
         };
         for request in requests {
             match request {
                 Request::Command { command, reply } => {
+                    let first = batch.events.len();
                     let answer = self.scheduler.handle(command, now, &mut batch.events);
+                    // Built now: a later command of the batch may change the job.
+                    notices_of(&self.scheduler, &batch.events[first..], &mut batch.notices);
                     batch.deliveries.push(Box::new(move || {
                         let _ = reply.send(answer);
                     }));
@@ -539,7 +604,7 @@ impl BatchSyncer {
     fn deliver(&mut self, batches: impl Iterator<Item = Batch>) {
         for batch in batches {
             if !batch.events.is_empty() {
-                self.publisher.publish(&batch.events);
+                self.publisher.publish(&batch.events, &batch.notices);
             }
             for delivery in batch.deliveries {
                 delivery();

@@ -357,6 +357,11 @@ fn dispatches_are_events_in_the_log() {
         .events
         .iter()
         .any(|e| matches!(e.kind, EventKind::JobDispatched { .. })));
+    // The agent hears of it with what it needs to run it.
+    assert!(matches!(
+        batch.notices.as_slice(),
+        [lanes::driver::Notice::Dispatch { agent: to, attempt: 1, queue, .. }] if *to == agent && queue == "default"
+    ));
     engine.syncer.complete(vec![batch]).unwrap();
     let recovered = check_recovers(&store.crash(), &[]).unwrap();
     assert_eq!(recovered.digest(), engine.writer.scheduler().digest());

@@ -153,7 +153,11 @@ impl JobTable {
 
     /// A table whose first job will have id `first` (after a snapshot).
     pub(crate) fn starting_at(first: JobId) -> JobTable {
-        JobTable { first: first.0, len: 0, chunks: Vec::new() }
+        JobTable {
+            first: first.0,
+            len: 0,
+            chunks: Vec::new(),
+        }
     }
 
     pub(crate) fn first_id(&self) -> JobId {
@@ -190,11 +194,13 @@ impl JobTable {
 
     /// The job, which must exist: for ids the scheduler itself validated.
     pub(crate) fn at(&self, id: JobId) -> &Job {
-        self.get(id).unwrap_or_else(|| panic!("{id} is not in the job table"))
+        self.get(id)
+            .unwrap_or_else(|| panic!("{id} is not in the job table"))
     }
 
     pub(crate) fn at_mut(&mut self, id: JobId) -> &mut Job {
-        self.get_mut(id).unwrap_or_else(|| panic!("{id} is not in the job table"))
+        self.get_mut(id)
+            .unwrap_or_else(|| panic!("{id} is not in the job table"))
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Job> {
