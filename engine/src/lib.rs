@@ -6,9 +6,12 @@
 //! - [`sched`]: the deterministic state machine. Commands are validated into
 //!   events; events are applied; the dispatch index answers "the best job for
 //!   this agent" without scanning blocked jobs. No I/O, no clock.
+//! - [`protocol`]: the wire protocol as a pure codec: frames, message types,
+//!   their encoding and decoding (docs/PROTOCOL.md). No sockets.
 //!
-//! The durable log, the wire protocol, the server and the client build on
+//! The durable log, the server and the client build on
 //! these (see docs/ARCHITECTURE.md).
 
 pub mod model;
+pub mod protocol;
 pub mod sched;
