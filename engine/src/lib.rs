@@ -6,18 +6,19 @@
 //! - [`sched`]: the deterministic state machine. Commands are validated into
 //!   events; events are applied; the dispatch index answers "the best job for
 //!   this agent" without scanning blocked jobs. No I/O, no clock.
-//!
+//! - [`protocol`]: the wire protocol as a pure codec: frames, message types,
+//!   their encoding and decoding (docs/PROTOCOL.md). No sockets.
 //! - [`log`]: the durable log: record format, the storage seam, sled and
 //!   in-memory stores.
 //! - [`replay`]: log records back into a scheduler through the same apply.
 //! - [`driver`]: the single writer and the syncer: batches commands, writes
 //!   records, syncs once per batch, then answers and publishes.
 //!
-//! The wire protocol, the server and the client build on
-//! these (see docs/ARCHITECTURE.md).
+//! The server and the client build on these (see docs/ARCHITECTURE.md).
 
 pub mod driver;
 pub mod log;
 pub mod model;
+pub mod protocol;
 pub mod replay;
 pub mod sched;

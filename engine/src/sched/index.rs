@@ -150,6 +150,10 @@ struct IndexAgent {
     lanes: Vec<PoolLaneId>,
 }
 
+/// What makes a class: its queue, required label set, tag capacities and
+/// run gate. Jobs that agree on all four are blocked by the same things.
+type ClassKey = (QueueId, LabelSetId, Box<[CapacityId]>, Option<CapacityId>);
+
 #[derive(Debug)]
 pub(crate) struct DispatchIndex {
     pub(crate) pools: Interner<String>,
@@ -162,7 +166,7 @@ pub(crate) struct DispatchIndex {
     /// first use.
     tag_set_capacities: Vec<Option<Box<[CapacityId]>>>,
     classes: Vec<Class>,
-    class_ids: FxHashMap<(QueueId, LabelSetId, Box<[CapacityId]>, Option<CapacityId>), ClassId>,
+    class_ids: FxHashMap<ClassKey, ClassId>,
     class_cache: FxHashMap<(QueueId, LabelSetId, TagSetId, Option<CapacityId>), ClassId>,
     queues: Vec<IndexQueue>,
     queue_lanes: Vec<QueueLane>,
@@ -491,7 +495,7 @@ impl DispatchIndex {
         labels: LabelSetId,
         tag_capacities: Box<[CapacityId]>,
         run_gate: Option<CapacityId>,
-        key: (QueueId, LabelSetId, Box<[CapacityId]>, Option<CapacityId>),
+        key: ClassKey,
     ) -> ClassId {
         let class = self.classes.len() as ClassId;
         let lane = self.queue_lane(queue, labels);
