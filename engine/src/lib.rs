@@ -13,12 +13,18 @@
 //! - [`replay`]: log records back into a scheduler through the same apply.
 //! - [`driver`]: the single writer and the syncer: batches commands, writes
 //!   records, syncs once per batch, then answers and publishes.
+//! - [`server`]: connections, handshake, roles, limits; requests become
+//!   commands, dispatches become pushes.
 //!
-//! The server and the client build on these (see docs/ARCHITECTURE.md).
+//! - [`client`]: the typed async client for submitters, operators, agents.
+//!
+//! See docs/ARCHITECTURE.md.
 
+pub mod client;
 pub mod driver;
 pub mod log;
 pub mod model;
 pub mod protocol;
 pub mod replay;
 pub mod sched;
+pub mod server;

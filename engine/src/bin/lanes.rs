@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use lanes::driver::Durability;
 use lanes::log::{verify, SledStore};
+use lanes::protocol::Role;
+use lanes::sched::SchedulerConfig;
+use lanes::server::{self, EngineConfig, Limits, Tokens};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -20,10 +24,71 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the engine: recover the data folder (snapshot + log), then serve
+    /// agents, submitters and operators on the protocol port until SIGINT
+    /// or SIGTERM, which stop it cleanly.
+    Serve(ServeArgs),
     /// Inspect the durable log of a data folder (the engine must be stopped:
     /// sled allows one process at a time).
     #[command(subcommand)]
     Log(LogCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Where the log and snapshots live (created if missing).
+    #[arg(long, env = "LANES_DATA", default_value = "lanes-data")]
+    data: PathBuf,
+    /// The protocol port. Without tokens only loopback addresses are allowed.
+    #[arg(long, env = "LANES_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
+    /// What an acknowledgement promises: `sync` (on stable storage), `interval=<ms>`
+    /// (synced at most this often: a crash can lose that much acknowledged work),
+    /// `none` (never synced by Lanes: for benchmarks).
+    #[arg(long, env = "LANES_DURABILITY", default_value = "sync", value_parser = parse_durability)]
+    durability: Durability,
+    /// A token and the role it grants, as `ROLE=TOKEN` with ROLE one of agent,
+    /// submitter, admin; repeatable. Tokens are at least 16 bytes.
+    #[arg(long = "token", env = "LANES_TOKENS", value_delimiter = ',', value_parser = parse_token)]
+    tokens: Vec<(Role, String)>,
+    /// How long an agent's lease lasts without news from it, in milliseconds.
+    #[arg(long, default_value_t = lanes::sched::LEASE_MS_DEFAULT)]
+    lease_ms: u64,
+    /// Take a snapshot (and trim the log) every this many durable events; 0: never.
+    #[arg(long, default_value_t = 1_000_000)]
+    snapshot_every: u64,
+    /// Cut a damaged log at the first damaged record, or pass over a damaged
+    /// snapshot, instead of refusing to start. Says exactly what it drops.
+    #[arg(long)]
+    repair: bool,
+}
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "sync" => Ok(Durability::Sync),
+        "none" => Ok(Durability::None),
+        _ => match text.strip_prefix("interval=").map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => {
+                Ok(Durability::Interval(std::time::Duration::from_millis(ms)))
+            }
+            _ => Err(format!(
+                "{text:?}: expected sync, none or interval=<milliseconds>"
+            )),
+        },
+    }
+}
+
+fn parse_token(text: &str) -> Result<(Role, String), String> {
+    let (role, token) = text
+        .split_once('=')
+        .ok_or(format!("{text:?}: expected ROLE=TOKEN"))?;
+    let role = match role {
+        "agent" => Role::Agent,
+        "submitter" => Role::Submitter,
+        "admin" => Role::Admin,
+        _ => return Err(format!("{role:?} is not a role: agent, submitter or admin")),
+    };
+    Ok((role, token.to_string()))
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,6 +134,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Log(LogCommand::Verify { data }) => {
             let store = open_existing(&data)?;
             let summary = verify::verify(&store)?;
@@ -155,6 +225,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let tokens = if args.tokens.is_empty() {
+        Tokens::open()
+    } else {
+        Tokens::new(
+            args.tokens
+                .into_iter()
+                .map(|(role, token)| (token.into_bytes(), role))
+                .collect(),
+        )?
+    };
+    let config = EngineConfig {
+        data: args.data.clone(),
+        listen: args.listen,
+        durability: args.durability,
+        scheduler: SchedulerConfig {
+            lease_ms: args.lease_ms,
+        },
+        snapshot_every_events: (args.snapshot_every > 0).then_some(args.snapshot_every),
+        tokens,
+        limits: Limits::default(),
+        repair: args.repair,
+    };
+    let running = server::start(config)
+        .await
+        .with_context(|| format!("starting on {}", args.data.display()))?;
+    let report = &running.report;
+    tracing::info!(
+        data = %args.data.display(),
+        snapshot = ?report.snapshot.as_ref().map(|s| s.0),
+        records = report.replay.records,
+        events = report.replay.events,
+        "recovered"
+    );
+    eprintln!(
+        "lanes: serving on {} (data in {})",
+        running.address(),
+        args.data.display()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("lanes: stopping");
+    running.stop().await.context("stopping")?;
+    eprintln!("lanes: stopped cleanly");
+    Ok(())
 }
 
 /// Opens the log of an existing data folder; never creates one.

@@ -1,0 +1,607 @@
+//! One connection: the handshake, then requests read and answered in
+//! parallel (pipelined, matched by request id), with every limit enforced.
+//!
+//! A task reads frames and starts one small task per request; answers and
+//! pushes go through one bounded output queue to a writer task. The queue's
+//! bytes are counted: a client that stops reading is disconnected at
+//! [`Limits::output_bytes_max`] instead of growing the server's memory.
+//! Nothing is allocated in proportion to a length the peer declared: a frame
+//! is only read into memory once its length passed the current limit.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::time::{timeout, Instant};
+
+use super::auth::{allowed, role_name};
+use super::registry::AgentLink;
+use super::Shared;
+use crate::model::{AgentId, ErrorCode, JobSpec};
+use crate::protocol::{
+    AgentList, Check, CompleteResults, DecodeError, Done, ErrorAnswer, Frame, Hello, HelloOk,
+    JobInfo, Message, MessageType, QueueList, Registered, Role, RunInfo, Submitted, TagRuleList,
+    CONNECTION_REQUEST_ID, PROTOCOL_VERSION,
+};
+use crate::sched::{Command, Reply};
+
+/// Frames waiting for the writer task; the byte count bounds them first.
+const OUTPUT_FRAMES_MAX: usize = 65_536;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Close {
+    /// The peer closed it.
+    Peer,
+    /// Shutdown, or the output was refused.
+    Server,
+    /// A protocol violation or a limit: said to the peer, then closed.
+    Error(ErrorAnswer),
+}
+
+/// The queue of frames to write, with its byte count. Answers and pushes
+/// alike go through it, so the cap counts everything.
+#[derive(Clone, Debug)]
+pub(crate) struct Output {
+    frames: mpsc::Sender<Vec<u8>>,
+    /// Told when a frame is refused: the connection must close.
+    refused: Arc<Notify>,
+    queued: Arc<AtomicUsize>,
+    bytes_max: usize,
+    frame_length_max: usize,
+}
+
+impl Output {
+    /// Queues a frame; false if the client is not reading (over the cap) or
+    /// the connection is closing.
+    pub(crate) fn send(&self, request_id: u64, message: impl Into<Message>) -> bool {
+        self.send_frame(Frame::new(request_id, message))
+    }
+
+    pub(crate) fn send_frame(&self, frame: Frame) -> bool {
+        let request_id = frame.request_id;
+        let mut bytes = Vec::new();
+        if let Err(error) = frame.encode(&mut bytes, self.frame_length_max) {
+            let answer = ErrorAnswer::new(
+                ErrorCode::ResourceExhausted,
+                format!("the answer does not fit in a frame: {error}"),
+            );
+            bytes.clear();
+            if Frame::new(request_id, answer)
+                .encode(&mut bytes, self.frame_length_max)
+                .is_err()
+            {
+                return false;
+            }
+        }
+        let length = bytes.len();
+        if self.queued.fetch_add(length, Ordering::AcqRel) + length > self.bytes_max
+            || self.frames.try_send(bytes).is_err()
+        {
+            self.queued.fetch_sub(length, Ordering::AcqRel);
+            self.refused.notify_one();
+            return false;
+        }
+        true
+    }
+}
+
+pub(super) async fn run(
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut reader, writer) = stream.into_split();
+    let (frames, queue) = mpsc::channel(OUTPUT_FRAMES_MAX);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(Notify::new());
+    let output = Output {
+        frames,
+        refused: refused.clone(),
+        queued: queued.clone(),
+        bytes_max: shared.limits.output_bytes_max,
+        frame_length_max: shared.limits.frame_length_max,
+    };
+    let writing = tokio::spawn(write_frames(writer, queue, queued));
+    let mut session = Session {
+        id,
+        shared: shared.clone(),
+        output: output.clone(),
+        role: None,
+        agent: None,
+    };
+    let close = tokio::select! {
+        close = session.serve(&mut reader) => close,
+        _ = super::stopped(&mut shutdown) => Close::Server,
+        _ = refused.notified() => {
+            tracing::warn!(connection = id, %peer, "the client does not read its answers: disconnecting");
+            Close::Server
+        }
+    };
+    match &close {
+        Close::Error(answer) => {
+            tracing::debug!(connection = id, %peer, code = %answer.code, message = %answer.message, "closing connection");
+            output.send(CONNECTION_REQUEST_ID, answer.clone());
+        }
+        Close::Peer | Close::Server => tracing::debug!(connection = id, %peer, "connection closed"),
+    }
+    if let Some(agent) = session.agent {
+        shared.registry.unbind(agent, id);
+        // Its request for work lapses; its leases run on, so it can resume.
+        let _ = shared.driver.command(Command::Disconnect { agent }).await;
+    }
+    drop(session);
+    drop(output);
+    let _ = writing.await;
+}
+
+async fn write_frames(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+) {
+    while let Some(bytes) = queue.recv().await {
+        let length = bytes.len();
+        if writer.write_all(&bytes).await.is_err() {
+            return;
+        }
+        queued.fetch_sub(length, Ordering::AcqRel);
+    }
+    let _ = writer.shutdown().await;
+}
+
+struct Session {
+    id: u64,
+    shared: Arc<Shared>,
+    output: Output,
+    role: Option<Role>,
+    agent: Option<AgentId>,
+}
+
+impl Session {
+    async fn serve(&mut self, reader: &mut tokio::net::tcp::OwnedReadHalf) -> Close {
+        let limits = self.shared.limits.clone();
+        let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        // The handshake: one Hello, within the deadline, in a small frame.
+        let deadline = Instant::now() + limits.handshake_timeout;
+        let hello = match timeout_at(
+            deadline,
+            next_frame(
+                reader,
+                &mut buffer,
+                limits.frame_length_max_unauthenticated,
+                None,
+            ),
+        )
+        .await
+        {
+            Err(_) => {
+                return Close::Error(ErrorAnswer::new(
+                    ErrorCode::Unauthenticated,
+                    format!(
+                        "no handshake within {} ms",
+                        limits.handshake_timeout.as_millis()
+                    ),
+                ))
+            }
+            Ok(Err(close)) => return close,
+            Ok(Ok(frame)) => frame,
+        };
+        let Message::Hello(hello) = hello.message else {
+            return Close::Error(ErrorAnswer::new(
+                ErrorCode::Unauthenticated,
+                format!(
+                    "the first frame must be Hello, not {}",
+                    hello.message.message_type().name()
+                ),
+            ));
+        };
+        if let Err(close) = self.handshake(hello) {
+            return close;
+        }
+        let in_flight = Arc::new(Semaphore::new(limits.requests_in_flight_max));
+        loop {
+            // Back-pressure: no more reading while the connection's
+            // requests in flight are at their bound.
+            let permit = match in_flight.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => return Close::Server,
+            };
+            let frame = match next_frame(
+                reader,
+                &mut buffer,
+                limits.frame_length_max,
+                Some(limits.idle_frame_timeout),
+            )
+            .await
+            {
+                Ok(frame) => frame,
+                Err(close) => return close,
+            };
+            let request_id = frame.request_id;
+            let message_type = frame.message.message_type();
+            let role = self.role.expect("authenticated");
+            if message_type == MessageType::Hello {
+                self.answer(
+                    request_id,
+                    ErrorAnswer::new(
+                        ErrorCode::FailedPrecondition,
+                        "the handshake is done already",
+                    ),
+                );
+                continue;
+            }
+            if !allowed(role, message_type) {
+                self.answer(
+                    request_id,
+                    ErrorAnswer::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "a {} token may not send {}",
+                            role_name(role),
+                            message_type.name()
+                        ),
+                    ),
+                );
+                continue;
+            }
+            if let Err(answer) = self.check_payloads(&frame.message) {
+                self.answer(request_id, answer);
+                continue;
+            }
+            // Register binds the connection to an agent: handled in order,
+            // so the agent's later requests know who it is.
+            if let Message::Register(register) = frame.message {
+                self.register(request_id, register).await;
+                drop(permit);
+                continue;
+            }
+            let job = match self.request(request_id, frame.message) {
+                Ok(job) => job,
+                Err(answer) => {
+                    self.answer(request_id, answer);
+                    continue;
+                }
+            };
+            let output = self.output.clone();
+            tokio::spawn(async move {
+                let (request_id, message) = job.await;
+                output.send(request_id, message);
+                drop(permit);
+            });
+        }
+    }
+
+    fn handshake(&mut self, hello: Hello) -> Result<(), Close> {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Close::Error(ErrorAnswer::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "this server speaks protocol version {PROTOCOL_VERSION} only, not {}",
+                    hello.protocol_version
+                ),
+            )));
+        }
+        let Some(role) = self.shared.tokens.role_of(&hello.token) else {
+            return Err(Close::Error(ErrorAnswer::new(
+                ErrorCode::Unauthenticated,
+                "unknown token",
+            )));
+        };
+        self.role = Some(role);
+        self.output.send(
+            CONNECTION_REQUEST_ID,
+            HelloOk {
+                protocol_version: PROTOCOL_VERSION,
+                server_version: env!("CARGO_PKG_VERSION").to_string(),
+                role,
+            },
+        );
+        tracing::debug!(connection = self.id, client = %hello.client_name, role = role_name(role), "handshake done");
+        Ok(())
+    }
+
+    fn answer(&self, request_id: u64, message: impl Into<Message>) {
+        self.output.send(request_id, message);
+    }
+
+    fn check_payloads(&self, message: &Message) -> Result<(), ErrorAnswer> {
+        let jobs: &[JobSpec] = match message {
+            Message::SubmitRun(submit) => &submit.spec.jobs,
+            Message::AppendJobs(append) => &append.jobs,
+            _ => return Ok(()),
+        };
+        let max = self.shared.limits.payload_bytes_max;
+        match jobs.iter().position(|job| job.payload.len() > max) {
+            Some(i) => Err(ErrorAnswer::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the payload of job {i} is {} bytes, over the limit of {max}",
+                    jobs[i].payload.len()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    async fn register(&mut self, request_id: u64, register: crate::protocol::Register) {
+        let command = Command::RegisterAgent {
+            name: register.name,
+            pools: register.pools,
+            labels: register.labels,
+            slots: register.slots,
+            running: register.running,
+        };
+        match self.shared.driver.command(command).await {
+            Ok(Ok(Reply::Registered { agent })) => {
+                if let Some(previous) = self.agent.replace(agent) {
+                    self.shared.registry.unbind(previous, self.id);
+                }
+                self.shared.registry.bind(
+                    agent,
+                    AgentLink {
+                        connection: self.id,
+                        output: self.output.clone(),
+                        register_request: request_id,
+                        take_request: request_id,
+                    },
+                );
+                self.answer(request_id, Registered { agent });
+            }
+            Ok(Ok(other)) => unreachable!("register answered {other:?}"),
+            Ok(Err(rejection)) => self.answer(request_id, ErrorAnswer::from(&rejection)),
+            Err(_) => self.answer(request_id, unavailable()),
+        }
+    }
+
+    /// Turns a request into the work that answers it.
+    fn request(
+        &self,
+        request_id: u64,
+        message: Message,
+    ) -> Result<impl std::future::Future<Output = (u64, Message)> + Send + 'static, ErrorAnswer>
+    {
+        let driver = self.shared.driver.clone();
+        let agent = self.agent;
+        let needs_agent = || {
+            agent.ok_or_else(|| {
+                ErrorAnswer::new(
+                    ErrorCode::FailedPrecondition,
+                    "register first: this connection has no agent",
+                )
+            })
+        };
+        enum Work {
+            Command(Command),
+            Complete(AgentId, Vec<crate::protocol::Completion>),
+            Read(Box<dyn FnOnce(&crate::sched::Scheduler) -> Message + Send>),
+        }
+        let work = match message {
+            Message::SubmitRun(m) => Work::Command(Command::SubmitRun(m.spec)),
+            Message::AppendJobs(m) => Work::Command(Command::AppendJobs {
+                run: m.run,
+                jobs: m.jobs,
+            }),
+            Message::ChangeJobPriority(m) => Work::Command(Command::ChangeJobPriority {
+                job: m.job,
+                priority: m.priority,
+            }),
+            Message::ChangeRunPriority(m) => Work::Command(Command::ChangeRunPriority {
+                run: m.run,
+                priority: m.priority,
+            }),
+            Message::CancelJob(m) => Work::Command(Command::CancelJob { job: m.job }),
+            Message::CancelRun(m) => Work::Command(Command::CancelRun { run: m.run }),
+            Message::PauseQueue(m) => Work::Command(Command::PauseQueue { queue: m.queue }),
+            Message::ResumeQueue(m) => Work::Command(Command::ResumeQueue { queue: m.queue }),
+            Message::PutQueue(m) => Work::Command(Command::PutQueue(m.config)),
+            Message::SetTagRules(m) => Work::Command(Command::SetTagRules(m.rules)),
+            Message::TakeWork(m) => {
+                let agent = needs_agent()?;
+                self.shared
+                    .registry
+                    .set_take_request(agent, self.id, request_id);
+                Work::Command(Command::TakeWork {
+                    agent,
+                    count: m.count,
+                })
+            }
+            Message::Heartbeat(_) => Work::Command(Command::Heartbeat {
+                agent: needs_agent()?,
+            }),
+            Message::Complete(m) => Work::Complete(needs_agent()?, m.completions),
+            Message::GetJob(m) => Work::Read(Box::new(move |s| match s.job(m.job) {
+                Some(view) => Message::JobInfo(JobInfo::from(&view)),
+                None => not_found(format!("{} not found", m.job)),
+            })),
+            Message::GetRun(m) => Work::Read(Box::new(move |s| match s.run(m.run) {
+                Some(view) => Message::RunInfo(RunInfo::from(&view)),
+                None => not_found(format!("{} not found", m.run)),
+            })),
+            Message::ExplainJob(m) => Work::Read(Box::new(move |s| match s.explain(m.job) {
+                Ok(explanation) => Message::Explanation(explanation),
+                Err(rejection) => Message::Error(ErrorAnswer::from(&rejection)),
+            })),
+            Message::ListQueues(_) => Work::Read(Box::new(|s| {
+                Message::QueueList(QueueList {
+                    queues: s.queues().map(|q| (&q).into()).collect(),
+                })
+            })),
+            Message::ListAgents(_) => Work::Read(Box::new(|s| {
+                Message::AgentList(AgentList {
+                    agents: s.agents().map(|a| (&a).into()).collect(),
+                })
+            })),
+            Message::ListTagRules(_) => Work::Read(Box::new(|s| {
+                Message::TagRuleList(TagRuleList {
+                    rules: s.tag_rules().to_vec(),
+                })
+            })),
+            Message::Watch(_) => {
+                return Err(ErrorAnswer::new(
+                    ErrorCode::Unsupported,
+                    "Watch is not served yet by this server version",
+                ))
+            }
+            other => {
+                return Err(ErrorAnswer::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "{} is sent by servers, not clients",
+                        other.message_type().name()
+                    ),
+                ))
+            }
+        };
+        Ok(async move {
+            let message = match work {
+                Work::Command(command) => match driver.command(command).await {
+                    Ok(Ok(reply)) => reply_message(reply),
+                    Ok(Err(rejection)) => Message::Error(ErrorAnswer::from(&rejection)),
+                    Err(_) => Message::Error(unavailable()),
+                },
+                Work::Complete(agent, completions) => {
+                    let mut results = Vec::with_capacity(completions.len());
+                    for c in completions {
+                        let command = Command::Complete {
+                            agent,
+                            job: c.job,
+                            attempt: c.attempt,
+                            report: c.report,
+                            exit_code: c.exit_code,
+                        };
+                        results.push(match driver.command(command).await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(rejection)) => Err(ErrorAnswer::from(&rejection)),
+                            Err(_) => Err(unavailable()),
+                        });
+                    }
+                    Message::CompleteResults(CompleteResults { results })
+                }
+                Work::Read(read) => match driver.read(read).await {
+                    Ok(message) => message,
+                    Err(_) => Message::Error(unavailable()),
+                },
+            };
+            (request_id, message)
+        })
+    }
+}
+
+fn reply_message(reply: Reply) -> Message {
+    match reply {
+        Reply::Submitted {
+            run,
+            first_job,
+            count,
+            replayed,
+        } => Message::Submitted(Submitted {
+            run,
+            first_job,
+            count,
+            replayed,
+        }),
+        Reply::Registered { agent } => Message::Registered(Registered { agent }),
+        Reply::Done | Reply::Ticked { .. } => Message::Done(Done),
+    }
+}
+
+fn not_found(message: String) -> Message {
+    Message::Error(ErrorAnswer::new(ErrorCode::NotFound, message))
+}
+
+fn unavailable() -> ErrorAnswer {
+    ErrorAnswer::new(
+        ErrorCode::Unavailable,
+        "the engine is stopping or stopped; the outcome is unknown",
+    )
+}
+
+async fn timeout_at<F: std::future::Future>(deadline: Instant, future: F) -> Result<F::Output, ()> {
+    timeout(deadline.saturating_duration_since(Instant::now()), future)
+        .await
+        .map_err(|_| ())
+}
+
+/// Reads until `buffer` starts with a whole frame no longer than
+/// `frame_length_max`, then decodes it and removes it from the buffer.
+/// Anything malformed closes the connection, with an error saying what.
+async fn next_frame(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    buffer: &mut Vec<u8>,
+    frame_length_max: usize,
+    idle: Option<std::time::Duration>,
+) -> Result<Frame, Close> {
+    loop {
+        match Frame::check(buffer, frame_length_max) {
+            Ok(Check::Complete { frame_length }) => {
+                let decoded = Frame::decode(&buffer[..frame_length]);
+                buffer.drain(..frame_length);
+                return match decoded {
+                    Ok(frame)
+                        if frame.message.message_type().sender()
+                            == crate::protocol::message::Sender::Client =>
+                    {
+                        Ok(frame)
+                    }
+                    Ok(frame) => Err(Close::Error(ErrorAnswer::new(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "{} is sent by servers, not clients",
+                            frame.message.message_type().name()
+                        ),
+                    ))),
+                    Err(error) => Err(malformed(error)),
+                };
+            }
+            Ok(Check::Incomplete) => {}
+            Err(error) => {
+                return Err(Close::Error(ErrorAnswer::new(
+                    ErrorCode::ResourceExhausted,
+                    error.to_string(),
+                )))
+            }
+        }
+        // Read more: at most what the frame can still need, so memory is
+        // bounded by the limit, not by what the peer declared.
+        let start = buffer.len();
+        let room = READ_CHUNK.min(frame_length_max.saturating_sub(start).max(1));
+        buffer.resize(start + room, 0);
+        let read = reader.read(&mut buffer[start..]);
+        let read = match (idle, start > 0) {
+            (Some(idle), true) => match timeout(idle, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    buffer.truncate(start);
+                    return Err(Close::Error(ErrorAnswer::new(
+                        ErrorCode::InvalidArgument,
+                        format!("a frame stayed incomplete for {} ms", idle.as_millis()),
+                    )));
+                }
+            },
+            _ => read.await,
+        };
+        match read {
+            Ok(0) | Err(_) => {
+                buffer.truncate(start);
+                return Err(Close::Peer);
+            }
+            Ok(n) => buffer.truncate(start + n),
+        }
+    }
+}
+
+fn malformed(error: DecodeError) -> Close {
+    Close::Error(ErrorAnswer::new(
+        ErrorCode::InvalidArgument,
+        format!("malformed frame: {error}"),
+    ))
+}
