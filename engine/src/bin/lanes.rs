@@ -272,8 +272,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ = terminate.recv() => {}
     }
     eprintln!("lanes: stopping");
-    running.stop().await.context("stopping")?;
-    eprintln!("lanes: stopped cleanly");
+    let state = running.stop().await.context("stopping")?;
+    eprintln!(
+        "lanes: stopped cleanly at sequence {} (state digest {:032x})",
+        state.last_seq(),
+        state.digest()
+    );
     Ok(())
 }
 
