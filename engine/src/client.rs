@@ -260,6 +260,17 @@ impl Client {
         self.done(SetTagRules { rules }).await
     }
 
+    /// Follows a job or every job of a run: `JobUpdate` pushes under the
+    /// returned request id, the last with `last` set.
+    pub async fn watch(&self, target: crate::protocol::WatchTarget) -> Result<u64, ClientError> {
+        let (request_id, answer) = self.send(crate::protocol::Watch { target }.into()).await?;
+        match answer.await.map_err(|_| ClientError::Closed)? {
+            Message::Done(_) => Ok(request_id),
+            Message::Error(error) => Err(ClientError::Server(error)),
+            other => Err(unexpected("Done", &other)),
+        }
+    }
+
     // ---- agents ------------------------------------------------------
 
     pub async fn register(

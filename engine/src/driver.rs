@@ -17,8 +17,10 @@
 //! before the record holding its events is durable under the chosen
 //! durability; records are written in the order events were applied.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ use crate::log::format;
 use crate::log::store::{LogStore, StoreError, Syncer};
 use crate::model::{AgentId, JobId, Pair, RunId, Seq, StopReason, TimeMs};
 use crate::replay::take_snapshot;
+use crate::sched::view::JobStatus;
 use crate::sched::{Command, Event, EventKind, Rejection, Reply, Scheduler, SchedulerConfig};
 
 /// What "acknowledged" promises.
@@ -71,6 +74,8 @@ pub struct DriverConfig {
     pub clock: Clock,
     /// Snapshots, taken off the dispatch path; `None` keeps every record.
     pub snapshots: Option<SnapshotPolicy>,
+    /// What watchers follow; `None`: nobody ever watches.
+    pub watched: Option<Arc<Watched>>,
 }
 
 /// When to snapshot, and where.
@@ -93,6 +98,7 @@ impl Default for DriverConfig {
             tick_interval: Duration::from_millis(100),
             clock: system_clock(),
             snapshots: None,
+            watched: None,
         }
     }
 }
@@ -145,6 +151,61 @@ pub enum Notice {
         attempt: u32,
         reason: StopReason,
     },
+    /// A watched job (or a job of a watched run) changed.
+    JobChanged {
+        job: JobId,
+        run: RunId,
+        attempt: u32,
+        status: JobStatus,
+        run_finished: bool,
+    },
+}
+
+/// The jobs and runs someone watches, counted per watcher. The writer reads
+/// it only when jobs changed and the count says someone watches.
+#[derive(Debug, Default)]
+pub struct Watched {
+    count: AtomicUsize,
+    targets: RwLock<WatchedTargets>,
+}
+
+#[derive(Debug, Default)]
+struct WatchedTargets {
+    jobs: HashMap<JobId, u32>,
+    runs: HashMap<RunId, u32>,
+}
+
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) {
+    if let Some(count) = map.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+impl Watched {
+    pub fn add(&self, job: Option<JobId>, run: Option<RunId>) {
+        let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = job {
+            *targets.jobs.entry(job).or_default() += 1;
+        }
+        if let Some(run) = run {
+            *targets.runs.entry(run).or_default() += 1;
+        }
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn remove(&self, job: Option<JobId>, run: Option<RunId>) {
+        let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = job {
+            release(&mut targets.jobs, job);
+        }
+        if let Some(run) = run {
+            release(&mut targets.runs, run);
+        }
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The notices of the events `events` (already applied to `scheduler`).
@@ -378,6 +439,9 @@ fn run_writer(
     config: DriverConfig,
 ) -> Result<Scheduler, DriverError> {
     let mut writer = BatchWriter::new(scheduler, store, config.record_events_max);
+    if let Some(watched) = config.watched.clone() {
+        writer = writer.with_watched(watched);
+    }
     while let Some(first) = requests.blocking_recv() {
         let now = (config.clock)();
         let mut batch = Vec::new();
@@ -425,6 +489,9 @@ fn run_syncer(batches: Receiver<Batch>, mut stage: BatchSyncer) -> Result<(), Dr
 /// writes its events as records. Not durable yet.
 pub struct BatchWriter {
     scheduler: Scheduler,
+    watched: Option<Arc<Watched>>,
+    /// Reused: the jobs changed by one command.
+    changed: Vec<JobId>,
     store: Box<dyn LogStore>,
     record_events_max: usize,
 }
@@ -437,8 +504,48 @@ impl BatchWriter {
     ) -> BatchWriter {
         BatchWriter {
             scheduler,
+            watched: None,
+            changed: Vec::new(),
             store,
             record_events_max,
+        }
+    }
+
+    /// Reports changes of the jobs and runs in `watched` as notices.
+    pub fn with_watched(mut self, watched: Arc<Watched>) -> BatchWriter {
+        self.scheduler.track_changes();
+        self.watched = Some(watched);
+        self
+    }
+
+    /// Notices for the watched jobs the last command changed.
+    fn watch_notices(&mut self, notices: &mut Vec<Notice>) {
+        let Some(watched) = &self.watched else {
+            return;
+        };
+        self.changed.clear();
+        self.scheduler.take_changed(&mut self.changed);
+        if self.changed.is_empty() || watched.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let targets = watched.targets.read().unwrap_or_else(|p| p.into_inner());
+        for &job in &self.changed {
+            let Some(view) = self.scheduler.job(job) else {
+                continue;
+            };
+            if targets.jobs.contains_key(&job) || targets.runs.contains_key(&view.run) {
+                let run_finished = self
+                    .scheduler
+                    .run(view.run)
+                    .is_some_and(|run| run.unfinished == 0);
+                notices.push(Notice::JobChanged {
+                    job,
+                    run: view.run,
+                    attempt: view.attempt,
+                    status: view.status,
+                    run_finished,
+                });
+            }
         }
     }
 
@@ -469,6 +576,7 @@ impl BatchWriter {
                     let answer = self.scheduler.handle(command, now, &mut batch.events);
                     // Built now: a later command of the batch may change the job.
                     notices_of(&self.scheduler, &batch.events[first..], &mut batch.notices);
+                    self.watch_notices(&mut batch.notices);
                     batch.deliveries.push(Box::new(move || {
                         let _ = reply.send(answer);
                     }));

@@ -129,7 +129,7 @@ wire_struct! {
 }
 
 /// What a `Watch` follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WatchTarget {
     Job(JobId),
     Run(RunId),

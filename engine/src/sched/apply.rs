@@ -65,6 +65,7 @@ impl Scheduler {
             EventKind::JobCancelled { job } => self.finish(*job, Outcome::Cancelled, None, now),
             EventKind::JobExpired { job, outcome } => self.finish(*job, *outcome, None, now),
             EventKind::StopRequested { job, agent, reason } => {
+                self.note_changed(*job);
                 let record = self.jobs.at_mut(*job);
                 assert_eq!(
                     record.state,
@@ -321,6 +322,7 @@ impl Scheduler {
         assert_eq!(first_job, self.jobs.next_id());
         for new in jobs {
             let id = self.jobs.next_id();
+            self.note_changed(id);
             let queue = self.queue_ids[&new.queue];
             let record = self.runs.get_mut(&run).expect("jobs for an unknown run");
             if new.wait_before {
@@ -423,6 +425,7 @@ impl Scheduler {
     /// Takes a job out of its current state: out of the index, the timers
     /// and the counts that state keeps.
     fn leave(&mut self, job: JobId) {
+        self.note_changed(job);
         let record = self.jobs.at(job);
         let (queue, key, tags) = (record.queue, record.key, record.tags);
         match record.state {
@@ -597,6 +600,7 @@ impl Scheduler {
 
     /// Moves a waiting or held job to the end of a priority level.
     fn rekey(&mut self, job: JobId, priority: i32, seq: Seq) {
+        self.note_changed(job);
         let record = self.jobs.at_mut(job);
         let old = record.key;
         record.key = JobKey::new(priority, seq, old.upload, job);

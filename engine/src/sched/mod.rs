@@ -29,7 +29,7 @@ use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap;
 
-use crate::model::{AgentId, QueueConfig, RunId, Seq, TimeMs, DEFAULT_QUEUE};
+use crate::model::{AgentId, JobId, QueueConfig, RunId, Seq, TimeMs, DEFAULT_QUEUE};
 pub use command::{Command, Reply};
 pub use event::{Event, EventKind, NewJob, RunSubmitted};
 pub use image::{AgentImage, Image, ImageError, JobImage, JobStateImage, QueueImage, RunImage};
@@ -81,6 +81,10 @@ pub struct Scheduler {
     match_needed: bool,
     /// Reused by matching, so it allocates nothing per command.
     scratch_agents: Vec<AgentId>,
+    /// Jobs whose state changed since the last `take_changed`, while the
+    /// owner asked to track them (the driver does, for watchers). Not
+    /// state: replay and the digest ignore it.
+    changed: Option<Vec<JobId>>,
 }
 
 impl Scheduler {
@@ -103,6 +107,7 @@ impl Scheduler {
             hungry: BTreeSet::new(),
             match_needed: false,
             scratch_agents: Vec::new(),
+            changed: None,
         };
         scheduler.put_queue(QueueConfig::new(DEFAULT_QUEUE));
         scheduler
@@ -208,6 +213,27 @@ impl Scheduler {
                 },
                 events,
             );
+        }
+    }
+
+    /// Starts recording which jobs change; the caller must then drain them
+    /// with [`Scheduler::take_changed`] after every command.
+    pub fn track_changes(&mut self) {
+        self.changed.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the jobs changed since the last call into `out`, each once.
+    pub fn take_changed(&mut self, out: &mut Vec<JobId>) {
+        if let Some(changed) = &mut self.changed {
+            out.append(changed);
+            out.sort_unstable();
+            out.dedup();
+        }
+    }
+
+    fn note_changed(&mut self, job: JobId) {
+        if let Some(changed) = &mut self.changed {
+            changed.push(job);
         }
     }
 

@@ -24,8 +24,8 @@ use super::Shared;
 use crate::model::{AgentId, ErrorCode, JobSpec};
 use crate::protocol::{
     AgentList, Check, CompleteResults, DecodeError, Done, ErrorAnswer, Frame, Hello, HelloOk,
-    JobInfo, Message, MessageType, QueueList, Registered, Role, RunInfo, Submitted, TagRuleList,
-    CONNECTION_REQUEST_ID, PROTOCOL_VERSION,
+    JobInfo, JobUpdate, Message, MessageType, QueueList, Registered, Role, RunInfo, Submitted,
+    TagRuleList, WatchTarget, CONNECTION_REQUEST_ID, PROTOCOL_VERSION,
 };
 use crate::sched::{Command, Reply};
 
@@ -138,6 +138,7 @@ pub(super) async fn run(
         // Its request for work lapses; its leases run on, so it can resume.
         let _ = shared.driver.command(Command::Disconnect { agent }).await;
     }
+    shared.registry.unwatch_connection(id);
     drop(session);
     drop(output);
     let _ = writing.await;
@@ -274,7 +275,9 @@ impl Session {
             let output = self.output.clone();
             tokio::spawn(async move {
                 let (request_id, message) = job.await;
-                output.send(request_id, message);
+                if let Some(message) = message {
+                    output.send(request_id, message);
+                }
                 drop(permit);
             });
         }
@@ -367,8 +370,10 @@ impl Session {
         &self,
         request_id: u64,
         message: Message,
-    ) -> Result<impl std::future::Future<Output = (u64, Message)> + Send + 'static, ErrorAnswer>
-    {
+    ) -> Result<
+        impl std::future::Future<Output = (u64, Option<Message>)> + Send + 'static,
+        ErrorAnswer,
+    > {
         let driver = self.shared.driver.clone();
         let agent = self.agent;
         let needs_agent = || {
@@ -383,7 +388,11 @@ impl Session {
             Command(Command),
             Complete(AgentId, Vec<crate::protocol::Completion>),
             Read(Box<dyn FnOnce(&crate::sched::Scheduler) -> Message + Send>),
+            Watch(WatchTarget),
         }
+        let registry = self.shared.registry.clone();
+        let output = self.output.clone();
+        let connection = self.id;
         let work = match message {
             Message::SubmitRun(m) => Work::Command(Command::SubmitRun(m.spec)),
             Message::AppendJobs(m) => Work::Command(Command::AppendJobs {
@@ -445,12 +454,7 @@ impl Session {
                     rules: s.tag_rules().to_vec(),
                 })
             })),
-            Message::Watch(_) => {
-                return Err(ErrorAnswer::new(
-                    ErrorCode::Unsupported,
-                    "Watch is not served yet by this server version",
-                ))
-            }
+            Message::Watch(m) => Work::Watch(m.target),
             other => {
                 return Err(ErrorAnswer::new(
                     ErrorCode::InvalidArgument,
@@ -463,6 +467,10 @@ impl Session {
         };
         Ok(async move {
             let message = match work {
+                Work::Watch(target) => {
+                    watch(&driver, &registry, &output, connection, request_id, target).await;
+                    return (request_id, None);
+                }
                 Work::Command(command) => match driver.command(command).await {
                     Ok(Ok(reply)) => reply_message(reply),
                     Ok(Err(rejection)) => Message::Error(ErrorAnswer::from(&rejection)),
@@ -491,8 +499,95 @@ impl Session {
                     Err(_) => Message::Error(unavailable()),
                 },
             };
-            (request_id, message)
+            (request_id, Some(message))
         })
+    }
+}
+
+/// Starts a watch: `Done`, the current state of each watched job, then
+/// every change (sent by the registry as the driver publishes them).
+async fn watch(
+    driver: &crate::driver::DriverHandle,
+    registry: &super::Registry,
+    output: &Output,
+    connection: u64,
+    request_id: u64,
+    target: WatchTarget,
+) {
+    if !registry.watch(target, connection, request_id, output.clone()) {
+        let max = super::registry::WATCHES_MAX;
+        output.send(
+            request_id,
+            ErrorAnswer::new(
+                ErrorCode::ResourceExhausted,
+                format!("at most {max} watches per connection"),
+            ),
+        );
+        return;
+    }
+    let current = driver
+        .read(move |s| match target {
+            WatchTarget::Job(job) => s.job(job).map(|view| {
+                let last = matches!(view.status, crate::sched::view::JobStatus::Finished { .. });
+                vec![JobUpdate {
+                    job,
+                    run: view.run,
+                    attempt: view.attempt,
+                    status: view.status,
+                    last,
+                }]
+            }),
+            WatchTarget::Run(run) => s.run(run).map(|view| {
+                let mut updates: Vec<JobUpdate> = view
+                    .jobs
+                    .iter()
+                    .filter_map(|&job| s.job(job))
+                    .map(|job| JobUpdate {
+                        job: job.id,
+                        run,
+                        attempt: job.attempt,
+                        status: job.status,
+                        last: false,
+                    })
+                    .collect();
+                if view.unfinished == 0 {
+                    if let Some(last) = updates.last_mut() {
+                        last.last = true;
+                    }
+                }
+                updates
+            }),
+        })
+        .await;
+    let updates = match current {
+        Ok(Some(updates)) => updates,
+        Ok(None) => {
+            registry.unwatch(target, connection, request_id);
+            let what = match target {
+                WatchTarget::Job(job) => job.to_string(),
+                WatchTarget::Run(run) => run.to_string(),
+            };
+            output.send(
+                request_id,
+                ErrorAnswer::new(ErrorCode::NotFound, format!("{what} not found")),
+            );
+            return;
+        }
+        Err(_) => {
+            registry.unwatch(target, connection, request_id);
+            output.send(request_id, unavailable());
+            return;
+        }
+    };
+    output.send(request_id, Done);
+    let over = updates.iter().any(|update| update.last);
+    for update in updates {
+        output.send(request_id, update);
+    }
+    if over {
+        registry.unwatch(target, connection, request_id);
+    } else {
+        registry.activate(target, connection, request_id);
     }
 }
 

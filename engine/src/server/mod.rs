@@ -221,6 +221,7 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
                 every_events,
                 scheduler: config.scheduler.clone(),
             }),
+        watched: Some(registry.watched()),
         ..DriverConfig::default()
     };
     let driver = Driver::start(

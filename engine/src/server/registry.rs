@@ -9,11 +9,12 @@
 //! and the lease rules put the job back in its place.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::driver::{Notice, Publisher};
-use crate::model::AgentId;
-use crate::protocol::{Dispatch, Frame, Message, StopJob};
+use crate::driver::{Notice, Publisher, Watched};
+use crate::model::{AgentId, JobId, RunId};
+use crate::protocol::{Dispatch, Frame, JobUpdate, Message, StopJob, WatchTarget};
+use crate::sched::view::JobStatus;
 use crate::sched::Event;
 
 /// Where an agent's pushes go.
@@ -27,14 +28,150 @@ pub(crate) struct AgentLink {
     pub(crate) take_request: u64,
 }
 
+/// One `Watch` of one connection.
+#[derive(Debug)]
+struct Watcher {
+    connection: u64,
+    request: u64,
+    output: super::connection::Output,
+    /// Updates that arrived before the watch's first answer went out; sent
+    /// right after it, so `Done` always comes first.
+    pending: Option<Vec<JobUpdate>>,
+}
+
+/// Watches a connection may hold at once.
+pub(crate) const WATCHES_MAX: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: RwLock<HashMap<AgentId, AgentLink>>,
+    watchers: Mutex<HashMap<WatchTarget, Vec<Watcher>>>,
+    watched: Arc<Watched>,
 }
 
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// What the writer must report changes of.
+    pub fn watched(&self) -> Arc<Watched> {
+        self.watched.clone()
+    }
+
+    fn watchers(&self) -> MutexGuard<'_, HashMap<WatchTarget, Vec<Watcher>>> {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a watch, pending until [`Registry::activate`]. Refused past
+    /// [`WATCHES_MAX`] for the connection.
+    pub(crate) fn watch(
+        &self,
+        target: WatchTarget,
+        connection: u64,
+        request: u64,
+        output: super::connection::Output,
+    ) -> bool {
+        let mut watchers = self.watchers();
+        let held = watchers
+            .values()
+            .flatten()
+            .filter(|w| w.connection == connection)
+            .count();
+        if held >= WATCHES_MAX {
+            return false;
+        }
+        watchers.entry(target).or_default().push(Watcher {
+            connection,
+            request,
+            output,
+            pending: Some(Vec::new()),
+        });
+        drop(watchers);
+        let (job, run) = split(target);
+        self.watched.add(job, run);
+        true
+    }
+
+    /// The watch's first answer is out: send what waited, then go live.
+    pub(crate) fn activate(&self, target: WatchTarget, connection: u64, request: u64) {
+        let mut watchers = self.watchers();
+        let Some(list) = watchers.get_mut(&target) else {
+            return;
+        };
+        let mut over = false;
+        if let Some(watcher) = list
+            .iter_mut()
+            .find(|w| w.connection == connection && w.request == request)
+        {
+            for update in watcher.pending.take().unwrap_or_default() {
+                over |= update.last;
+                watcher.output.send(request, update);
+            }
+        }
+        if over {
+            list.retain(|w| !(w.connection == connection && w.request == request));
+            drop(watchers);
+            let (job, run) = split(target);
+            self.watched.remove(job, run);
+        }
+    }
+
+    /// Ends a watch (it is over, or its connection closed).
+    pub(crate) fn unwatch(&self, target: WatchTarget, connection: u64, request: u64) {
+        let mut watchers = self.watchers();
+        if let Some(list) = watchers.get_mut(&target) {
+            let before = list.len();
+            list.retain(|w| !(w.connection == connection && w.request == request));
+            if list.len() < before {
+                let (job, run) = split(target);
+                self.watched.remove(job, run);
+            }
+            if list.is_empty() {
+                watchers.remove(&target);
+            }
+        }
+    }
+
+    /// Ends every watch of a closed connection.
+    pub(crate) fn unwatch_connection(&self, connection: u64) {
+        let mut watchers = self.watchers();
+        for (target, list) in watchers.iter_mut() {
+            let before = list.len();
+            list.retain(|w| w.connection != connection);
+            let (job, run) = split(*target);
+            for _ in list.len()..before {
+                self.watched.remove(job, run);
+            }
+        }
+        watchers.retain(|_, list| !list.is_empty());
+    }
+
+    fn notify(&self, target: WatchTarget, update: &JobUpdate) {
+        let mut watchers = self.watchers();
+        let Some(list) = watchers.get_mut(&target) else {
+            return;
+        };
+        for watcher in list.iter_mut() {
+            match &mut watcher.pending {
+                Some(pending) => pending.push(update.clone()),
+                None => {
+                    watcher.output.send(watcher.request, update.clone());
+                }
+            }
+        }
+        if update.last {
+            let ended = list.iter().filter(|w| w.pending.is_none()).count();
+            list.retain(|w| w.pending.is_some());
+            if list.is_empty() {
+                watchers.remove(&target);
+            }
+            drop(watchers);
+            let (job, run) = split(target);
+            for _ in 0..ended {
+                self.watched.remove(job, run);
+            }
+        }
     }
 
     pub(crate) fn bind(&self, agent: AgentId, link: AgentLink) {
@@ -84,10 +221,40 @@ impl Registry {
     }
 }
 
+fn split(target: WatchTarget) -> (Option<JobId>, Option<RunId>) {
+    match target {
+        WatchTarget::Job(job) => (Some(job), None),
+        WatchTarget::Run(run) => (None, Some(run)),
+    }
+}
+
 impl Publisher for std::sync::Arc<Registry> {
     fn publish(&mut self, _events: &[Event], notices: &[Notice]) {
-        for notice in notices {
+        for (i, notice) in notices.iter().enumerate() {
             match notice {
+                Notice::JobChanged {
+                    job,
+                    run,
+                    attempt,
+                    status,
+                    run_finished,
+                } => {
+                    let finished = matches!(status, JobStatus::Finished { .. });
+                    let mut update = JobUpdate {
+                        job: *job,
+                        run: *run,
+                        attempt: *attempt,
+                        status: *status,
+                        last: finished,
+                    };
+                    self.notify(WatchTarget::Job(*job), &update);
+                    // A run's watch ends with the last change of its last job.
+                    let later = notices[i + 1..].iter().any(
+                        |n| matches!(n, Notice::JobChanged { run: other, .. } if other == run),
+                    );
+                    update.last = *run_finished && !later;
+                    self.notify(WatchTarget::Run(*run), &update);
+                }
                 Notice::Dispatch {
                     agent,
                     job,
