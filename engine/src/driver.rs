@@ -294,8 +294,8 @@ impl Driver {
         let mut stage = BatchSyncer::new(syncer_store, durability, publisher);
         let mut snapshotter = None;
         if let Some(policy) = config.snapshots.clone() {
-            // One request waits at most; a snapshot still being taken
-            // makes the next trigger wait for the following threshold.
+            // At most one request waits; a trigger refused meanwhile is
+            // tried again after the next durable batch.
             let (trigger, triggered) = sync_channel::<Seq>(1);
             stage.snapshot_every(trigger, policy.every_events, scheduler.last_seq());
             let mut reader = store.reader();
@@ -387,6 +387,12 @@ impl DriverHandle {
             .await
             .map_err(|_| Stopped)?;
         answer.await.map_err(|_| Stopped)
+    }
+
+    /// Resolves once the writer has stopped, whether asked to or because
+    /// the log failed (fail-stop).
+    pub async fn stopped(&self) {
+        self.requests.closed().await;
     }
 
     /// As [`DriverHandle::command`], from a thread outside any async runtime.

@@ -120,7 +120,12 @@ enum LogCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // Warnings (a torn tail cut, a repair, a failed snapshot) must be
+        // seen without asking: `info` unless RUST_LOG says otherwise.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -267,9 +272,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.data.display()
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let driver = running.driver();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+        // Fail-stop: the log failed and the writer stopped. Stopping
+        // reports why, and the process exits non-zero so a supervisor
+        // restarts it (recovery replays what was durable).
+        _ = driver.stopped() => eprintln!("lanes: the engine stopped by itself"),
     }
     eprintln!("lanes: stopping");
     let state = running.stop().await.context("stopping")?;

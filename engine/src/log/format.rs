@@ -75,13 +75,19 @@ pub fn encode(events: &[Event]) -> Vec<u8> {
         );
     }
     let records: Vec<EventRecord> = events.iter().map(EventRecord::from).collect();
+    encode_records(first_seq, &records)
+}
+
+/// Encodes archived-to-be records as one record under `first_seq`.
+fn encode_records(first_seq: Seq, records: &[EventRecord]) -> Vec<u8> {
+    let records = records.to_vec();
     let payload = rkyv::to_bytes::<rancor::Error>(&records).expect("archiving events cannot fail");
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&[0, 0]);
     bytes.extend_from_slice(&first_seq.to_le_bytes());
-    bytes.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(records.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &payload);
     bytes.extend_from_slice(&crc.to_le_bytes());
@@ -149,7 +155,7 @@ pub fn decode(bytes: &[u8]) -> Result<(RecordHeader, Vec<Event>), DecodeError> {
     for (i, record) in archived.iter().enumerate() {
         let record: EventRecord = rkyv::deserialize::<EventRecord, rancor::Error>(record)
             .map_err(|e| DecodeError::Payload(e.to_string()))?;
-        events.push(record.into_event(header.first_seq + i as u64));
+        events.push(record.into_event(header.first_seq + i as u64)?);
     }
     Ok((header, events))
 }
@@ -345,18 +351,25 @@ impl From<&model::TagRule> for TagRuleRecord {
     }
 }
 
-impl From<TagRuleRecord> for model::TagRule {
-    fn from(rule: TagRuleRecord) -> model::TagRule {
+impl TryFrom<TagRuleRecord> for model::TagRule {
+    type Error = DecodeError;
+
+    fn try_from(rule: TagRuleRecord) -> Result<model::TagRule, DecodeError> {
         let matches = match rule.matches {
+            0 => model::TagMatch::AnyValue,
             1 => model::TagMatch::Value(rule.value),
             2 => model::TagMatch::EachValue,
-            _ => model::TagMatch::AnyValue,
+            other => {
+                return Err(DecodeError::Payload(format!(
+                    "unknown tag match code {other}"
+                )))
+            }
         };
-        model::TagRule {
+        Ok(model::TagRule {
             key: rule.key,
             matches,
             limit: rule.limit,
-        }
+        })
     }
 }
 
@@ -434,16 +447,17 @@ fn outcome_code(outcome: model::Outcome) -> u8 {
     }
 }
 
-fn outcome_from(code: u8) -> model::Outcome {
-    match code {
+fn outcome_from(code: u8) -> Result<model::Outcome, DecodeError> {
+    Ok(match code {
         1 => model::Outcome::Succeeded,
         2 => model::Outcome::Failed,
         3 => model::Outcome::Cancelled,
         4 => model::Outcome::Skipped,
         5 => model::Outcome::QueueTimeout,
         6 => model::Outcome::DeadlineExceeded,
-        _ => model::Outcome::Lost,
-    }
+        7 => model::Outcome::Lost,
+        _ => return Err(DecodeError::Payload(format!("unknown outcome code {code}"))),
+    })
 }
 
 fn stop_code(reason: model::StopReason) -> u8 {
@@ -453,10 +467,13 @@ fn stop_code(reason: model::StopReason) -> u8 {
     }
 }
 
-fn stop_from(code: u8) -> model::StopReason {
+fn stop_from(code: u8) -> Result<model::StopReason, DecodeError> {
     match code {
-        2 => model::StopReason::DeadlineExceeded,
-        _ => model::StopReason::Cancelled,
+        1 => Ok(model::StopReason::Cancelled),
+        2 => Ok(model::StopReason::DeadlineExceeded),
+        _ => Err(DecodeError::Payload(format!(
+            "unknown stop reason code {code}"
+        ))),
     }
 }
 
@@ -560,15 +577,20 @@ impl From<&Event> for EventRecord {
 }
 
 impl EventRecord {
-    pub fn into_event(self, seq: Seq) -> Event {
+    /// The event this record holds; an unknown code is an error, never a
+    /// default.
+    pub fn into_event(self, seq: Seq) -> Result<Event, DecodeError> {
         use KindRecord as K;
         let kind = match self.kind {
             K::QueuePut(config) => EventKind::QueuePut(config.into()),
             K::QueuePaused { queue } => EventKind::QueuePaused { queue },
             K::QueueResumed { queue } => EventKind::QueueResumed { queue },
-            K::TagRulesSet(rules) => {
-                EventKind::TagRulesSet(rules.into_iter().map(Into::into).collect())
-            }
+            K::TagRulesSet(rules) => EventKind::TagRulesSet(
+                rules
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<Result<_, _>>()?,
+            ),
             K::RunSubmitted(s) => EventKind::RunSubmitted(Box::new(RunSubmitted {
                 run: RunId(s.run),
                 first_job: JobId(s.first_job),
@@ -600,7 +622,7 @@ impl EventRecord {
             K::StopRequested { job, agent, reason } => EventKind::StopRequested {
                 job: JobId(job),
                 agent: AgentId(agent),
-                reason: stop_from(reason),
+                reason: stop_from(reason)?,
             },
             K::AgentRegistered {
                 agent,
@@ -655,14 +677,52 @@ impl EventRecord {
             },
             K::JobExpired { job, outcome } => EventKind::JobExpired {
                 job: JobId(job),
-                outcome: outcome_from(outcome),
+                outcome: outcome_from(outcome)?,
             },
             K::LeasesRestarted => EventKind::LeasesRestarted,
         };
-        Event {
+        Ok(Event {
             seq,
             time: self.time,
             kind,
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_code_is_a_decode_error_not_a_default() {
+        let record = EventRecord {
+            time: 5,
+            kind: KindRecord::JobExpired {
+                job: 1,
+                outcome: 99,
+            },
+        };
+        let bytes = encode_records(1, &[record]);
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            DecodeError::Payload("unknown outcome code 99".to_string())
+        );
+        let rule = TagRuleRecord {
+            key: "team".into(),
+            matches: 7,
+            value: String::new(),
+            limit: 1,
+        };
+        let bytes = encode_records(
+            1,
+            &[EventRecord {
+                time: 5,
+                kind: KindRecord::TagRulesSet(vec![rule]),
+            }],
+        );
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            DecodeError::Payload("unknown tag match code 7".to_string())
+        );
     }
 }

@@ -96,7 +96,7 @@ impl LogStore for SledStore {
         self.records
             .remove(seq.to_be_bytes())
             .map(|_| ())
-            .map_err(|e| StoreError::Truncate {
+            .map_err(|e| StoreError::Remove {
                 seq,
                 reason: e.to_string(),
             })

@@ -26,14 +26,14 @@ use std::path::{Path, PathBuf};
 use rkyv::rancor;
 
 use crate::log::format::{OptionsRecord, QueueRecord, TagRuleRecord};
-use crate::model::{AgentId, JobId, Outcome, RunId, Seq, StopReason};
+use crate::model::{self, AgentId, JobId, Outcome, RunId, Seq, StopReason};
 use crate::sched::{AgentImage, Image, JobImage, JobStateImage, QueueImage, RunImage};
 
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"LNSS";
 pub const SNAPSHOT_VERSION: u16 = 1;
 const HEADER_LEN: usize = 32;
-/// Snapshots kept besides the newest: one older, in case the newest is
-/// damaged and the operator asks for repair.
+/// Snapshots kept, the newest included: an older one remains in case the
+/// newest is damaged and the operator asks for repair.
 pub const SNAPSHOTS_KEPT: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
@@ -319,7 +319,11 @@ impl SnapshotRecord {
                     finished_total: c[5],
                 })
                 .collect(),
-            rules: self.rules.into_iter().map(Into::into).collect(),
+            rules: self
+                .rules
+                .into_iter()
+                .map(|rule| model::TagRule::try_from(rule).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?,
             pools: self.pools,
             tag_sets: self.tag_sets,
             label_sets: self.label_sets,

@@ -20,6 +20,8 @@ pub enum StoreError {
     Read { reason: String },
     #[error("removing records before sequence {seq}: {reason}")]
     Truncate { seq: Seq, reason: String },
+    #[error("removing the record at sequence {seq}: {reason}")]
+    Remove { seq: Seq, reason: String },
 }
 
 /// Makes everything written before the call durable. Lives on the syncing
