@@ -5,7 +5,7 @@
 //! It owns no scheduling knowledge: it encodes requests and decodes answers.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,6 +63,8 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>;
 pub struct Client {
     outgoing: mpsc::Sender<Vec<u8>>,
     pending: Pending,
+    /// Set by the reader when the connection ends: no answer can come.
+    closed: Arc<AtomicBool>,
     next_request: AtomicU64,
     pushes: tokio::sync::Mutex<mpsc::Receiver<Frame>>,
     role: Role,
@@ -113,10 +115,18 @@ impl Client {
         });
         let pending: Pending = Arc::default();
         let (push_sender, pushes) = mpsc::channel(PUSHES_MAX);
-        tokio::spawn(read_answers(reader, buffer, pending.clone(), push_sender));
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(read_answers(
+            reader,
+            buffer,
+            pending.clone(),
+            push_sender,
+            closed.clone(),
+        ));
         Ok(Client {
             outgoing,
             pending,
+            closed,
             next_request: AtomicU64::new(2),
             pushes: tokio::sync::Mutex::new(pushes),
             role,
@@ -155,6 +165,15 @@ impl Client {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(request_id, sender);
+        // Checked after the insert: either the reader's final clear drops
+        // this entry, or the flag is seen here. No request waits forever.
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&request_id);
+            return Err(ClientError::Closed);
+        }
         if self.outgoing.send(bytes).await.is_err() {
             self.pending
                 .lock()
@@ -336,6 +355,7 @@ async fn read_answers(
     mut buffer: Vec<u8>,
     pending: Pending,
     pushes: mpsc::Sender<Frame>,
+    closed: Arc<AtomicBool>,
 ) {
     loop {
         let frame = match read_frame(&mut reader, &mut buffer).await {
@@ -371,7 +391,9 @@ async fn read_answers(
             ),
         }
     }
-    // Dropping the senders of every request in flight tells their callers.
+    // Dropping the senders of every request in flight tells their callers;
+    // the flag tells those still to come.
+    closed.store(true, Ordering::SeqCst);
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 

@@ -16,10 +16,13 @@
 //! - [`server`]: connections, handshake, roles, limits; requests become
 //!   commands, dispatches become pushes.
 //!
-//! - [`client`]: the typed async client for submitters, operators, agents.
+//! - [`client`]: the typed async client for submitters, operators, agents;
+//!   [`agent_session`]: an agent's session that reconnects with backoff and
+//!   resumes its leased jobs.
 //!
 //! See docs/ARCHITECTURE.md.
 
+pub mod agent_session;
 pub mod client;
 pub mod driver;
 pub mod log;
