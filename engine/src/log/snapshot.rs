@@ -471,7 +471,7 @@ pub fn list(data: &Path) -> Result<Vec<(Seq, PathBuf)>, SnapshotError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    found.sort_unstable_by_key(|&(seq, _)| std::cmp::Reverse(seq));
     Ok(found)
 }
 

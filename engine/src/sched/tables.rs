@@ -170,7 +170,7 @@ impl JobTable {
 
     pub(crate) fn push(&mut self, job: Job) {
         assert_eq!(job.id(), self.next_id(), "jobs are added in id order");
-        if self.len % JOB_CHUNK == 0 {
+        if self.len.is_multiple_of(JOB_CHUNK) {
             self.chunks.push(Vec::with_capacity(JOB_CHUNK));
         }
         self.chunks.last_mut().expect("a chunk with room").push(job);
