@@ -410,13 +410,7 @@ impl DriverHandle {
         &self,
         read: impl FnOnce(&Scheduler) -> T + Send + 'static,
     ) -> Result<T, Stopped> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Read(Box::new(move |scheduler| {
-            let value = read(scheduler);
-            Box::new(move || {
-                let _ = reply.send(value);
-            })
-        }));
+        let (request, answer) = read_request(read);
         self.requests.send(request).await.map_err(|_| Stopped)?;
         answer.await.map_err(|_| Stopped)
     }
@@ -425,16 +419,24 @@ impl DriverHandle {
         &self,
         read: impl FnOnce(&Scheduler) -> T + Send + 'static,
     ) -> Result<T, Stopped> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Read(Box::new(move |scheduler| {
-            let value = read(scheduler);
-            Box::new(move || {
-                let _ = reply.send(value);
-            })
-        }));
+        let (request, answer) = read_request(read);
         self.requests.blocking_send(request).map_err(|_| Stopped)?;
         answer.blocking_recv().map_err(|_| Stopped)
     }
+}
+
+/// A read request and the receiver of its result.
+fn read_request<T: Send + 'static>(
+    read: impl FnOnce(&Scheduler) -> T + Send + 'static,
+) -> (Request, oneshot::Receiver<T>) {
+    let (reply, answer) = oneshot::channel();
+    let request = Request::Read(Box::new(move |scheduler| {
+        let value = read(scheduler);
+        Box::new(move || {
+            let _ = reply.send(value);
+        })
+    }));
+    (request, answer)
 }
 
 fn run_writer(

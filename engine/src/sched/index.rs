@@ -362,24 +362,21 @@ impl DispatchIndex {
 
     /// Acquires every tag capacity of a running job's tag set.
     pub(crate) fn acquire_tags(&mut self, tag_set: TagSetId) {
-        self.ensure_tag_set_capacities(tag_set);
-        let count = self.tag_set_capacities[tag_set as usize]
-            .as_ref()
-            .map_or(0, |c| c.len());
-        for i in 0..count {
-            let capacity = self.tag_set_capacities[tag_set as usize].as_ref().unwrap()[i];
-            self.acquire(capacity);
-        }
+        self.for_each_tag_capacity(tag_set, DispatchIndex::acquire);
     }
 
     pub(crate) fn release_tags(&mut self, tag_set: TagSetId) {
+        self.for_each_tag_capacity(tag_set, DispatchIndex::release);
+    }
+
+    /// Calls `change` on each tag capacity of a tag set, by index: the
+    /// change may reshape the lanes, so no borrow of the list is held.
+    fn for_each_tag_capacity(&mut self, tag_set: TagSetId, change: fn(&mut DispatchIndex, CapacityId)) {
         self.ensure_tag_set_capacities(tag_set);
-        let count = self.tag_set_capacities[tag_set as usize]
-            .as_ref()
-            .map_or(0, |c| c.len());
+        let count = self.cached_tag_capacities(tag_set).len();
         for i in 0..count {
-            let capacity = self.tag_set_capacities[tag_set as usize].as_ref().unwrap()[i];
-            self.release(capacity);
+            let capacity = self.cached_tag_capacities(tag_set)[i];
+            change(self, capacity);
         }
     }
 
