@@ -371,7 +371,11 @@ impl DispatchIndex {
 
     /// Calls `change` on each tag capacity of a tag set, by index: the
     /// change may reshape the lanes, so no borrow of the list is held.
-    fn for_each_tag_capacity(&mut self, tag_set: TagSetId, change: fn(&mut DispatchIndex, CapacityId)) {
+    fn for_each_tag_capacity(
+        &mut self,
+        tag_set: TagSetId,
+        change: fn(&mut DispatchIndex, CapacityId),
+    ) {
         self.ensure_tag_set_capacities(tag_set);
         let count = self.cached_tag_capacities(tag_set).len();
         for i in 0..count {
