@@ -19,6 +19,7 @@
 //! - [`client`]: the typed async client for submitters, operators, agents;
 //!   [`agent_session`]: an agent's session that reconnects with backoff and
 //!   resumes its leased jobs.
+//! - [`runner`]: the agent's jobs as child processes, and the agent's loop.
 //!
 //! See docs/ARCHITECTURE.md.
 
@@ -29,5 +30,6 @@ pub mod log;
 pub mod model;
 pub mod protocol;
 pub mod replay;
+pub mod runner;
 pub mod sched;
 pub mod server;
