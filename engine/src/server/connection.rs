@@ -22,10 +22,11 @@ use super::auth::{allowed, role_name};
 use super::registry::AgentLink;
 use super::Shared;
 use crate::model::{AgentId, ErrorCode, JobSpec};
+use crate::protocol::message::Sender;
 use crate::protocol::{
-    AgentList, Check, CompleteResults, DecodeError, Done, ErrorAnswer, Frame, Hello, HelloOk,
-    JobInfo, JobUpdate, Message, MessageType, QueueList, Registered, Role, RunInfo, Submitted,
-    TagRuleList, WatchTarget, CONNECTION_REQUEST_ID, PROTOCOL_VERSION,
+    AgentList, Check, CompleteResults, DecodeError, Done, ErrorAnswer, Frame, Header, Hello,
+    HelloOk, JobInfo, JobUpdate, Message, MessageType, QueueList, Registered, Role, RunInfo,
+    Submitted, TagRuleList, WatchTarget, CONNECTION_REQUEST_ID, PROTOCOL_VERSION,
 };
 use crate::sched::{Command, Reply};
 
@@ -33,16 +34,33 @@ use crate::sched::{Command, Reply};
 const OUTPUT_FRAMES_MAX: usize = 65_536;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 << 10;
+/// Time a closing connection's last frames (the error that says why) get
+/// to reach the peer; a peer that does not read them is cut off, so a
+/// connection always ends and frees its place.
+const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a connection ends.
 #[derive(Debug)]
 enum Close {
     /// The peer closed it.
     Peer,
-    /// Shutdown, or the output was refused.
+    /// Shutdown.
     Server,
-    /// A protocol violation or a limit: said to the peer, then closed.
-    Error(ErrorAnswer),
+    /// The output was refused: the peer does not read what it is sent.
+    NotReading,
+    /// A protocol violation or a limit: said to the peer under this request
+    /// id (the frame's, or 0 for the connection), then closed.
+    Error(u64, ErrorAnswer),
+}
+
+/// A frame read from the peer: whole, or with a sound header but a body
+/// that does not decode (framing is intact, so only that request fails).
+enum Incoming {
+    Frame(Frame),
+    Malformed {
+        request_id: u64,
+        answer: ErrorAnswer,
+    },
 }
 
 /// The queue of frames to write, with its byte count. Answers and pushes
@@ -123,15 +141,17 @@ pub(super) async fn run(
         _ = super::stopped(&mut shutdown) => Close::Server,
         _ = refused.notified() => {
             tracing::warn!(connection = id, %peer, "the client does not read its answers: disconnecting");
-            Close::Server
+            Close::NotReading
         }
     };
     match &close {
-        Close::Error(answer) => {
+        Close::Error(request_id, answer) => {
             tracing::debug!(connection = id, %peer, code = %answer.code, message = %answer.message, "closing connection");
-            output.send(CONNECTION_REQUEST_ID, answer.clone());
+            output.send(*request_id, answer.clone());
         }
-        Close::Peer | Close::Server => tracing::debug!(connection = id, %peer, "connection closed"),
+        Close::Peer | Close::Server | Close::NotReading => {
+            tracing::debug!(connection = id, %peer, "connection closed")
+        }
     }
     if let Some(agent) = session.agent {
         shared.registry.unbind(agent, id);
@@ -141,7 +161,15 @@ pub(super) async fn run(
     shared.registry.unwatch_connection(id);
     drop(session);
     drop(output);
-    let _ = writing.await;
+    // The writer may be stuck on a peer that does not read: never wait on
+    // it without a bound, or the connection (and its place among
+    // `connections_max`) would never be freed.
+    let mut writing = writing;
+    if matches!(close, Close::NotReading)
+        || timeout(CLOSE_FLUSH_TIMEOUT, &mut writing).await.is_err()
+    {
+        writing.abort();
+    }
 }
 
 async fn write_frames(
@@ -185,28 +213,39 @@ impl Session {
         .await
         {
             Err(_) => {
-                return Close::Error(ErrorAnswer::new(
-                    ErrorCode::Unauthenticated,
-                    format!(
-                        "no handshake within {} ms",
-                        limits.handshake_timeout.as_millis()
+                return Close::Error(
+                    CONNECTION_REQUEST_ID,
+                    ErrorAnswer::new(
+                        ErrorCode::Unauthenticated,
+                        format!(
+                            "no handshake within {} ms",
+                            limits.handshake_timeout.as_millis()
+                        ),
                     ),
-                ))
+                )
             }
             Ok(Err(close)) => return close,
-            Ok(Ok(frame)) => frame,
+            // Before the handshake, a bad frame ends the connection.
+            Ok(Ok(Incoming::Malformed { request_id, answer })) => {
+                return Close::Error(request_id, answer)
+            }
+            Ok(Ok(Incoming::Frame(frame))) => frame,
         };
+        let hello_request = hello.request_id;
         let Message::Hello(hello) = hello.message else {
-            return Close::Error(ErrorAnswer::new(
-                ErrorCode::Unauthenticated,
-                format!(
-                    "the first frame must be Hello, not {}",
-                    hello.message.message_type().name()
+            return Close::Error(
+                hello_request,
+                ErrorAnswer::new(
+                    ErrorCode::Unauthenticated,
+                    format!(
+                        "the first frame must be Hello, not {}",
+                        hello.message.message_type().name()
+                    ),
                 ),
-            ));
+            );
         };
-        if let Err(close) = self.handshake(hello) {
-            return close;
+        if let Err(answer) = self.handshake(hello_request, hello) {
+            return Close::Error(hello_request, answer);
         }
         let in_flight = Arc::new(Semaphore::new(limits.requests_in_flight_max));
         loop {
@@ -224,7 +263,11 @@ impl Session {
             )
             .await
             {
-                Ok(frame) => frame,
+                Ok(Incoming::Frame(frame)) => frame,
+                Ok(Incoming::Malformed { request_id, answer }) => {
+                    self.answer(request_id, answer);
+                    continue;
+                }
                 Err(close) => return close,
             };
             let request_id = frame.request_id;
@@ -273,35 +316,45 @@ impl Session {
                 }
             };
             let output = self.output.clone();
-            tokio::spawn(async move {
+            let mut answering = Box::pin(async move {
                 let (request_id, message) = job.await;
                 if let Some(message) = message {
                     output.send(request_id, message);
                 }
                 drop(permit);
             });
+            // The first poll, here on the reading task, puts the request in
+            // the driver's queue: a connection's requests are applied in
+            // the order it sent them, however the runtime then schedules
+            // the tasks that wait for their answers.
+            if poll_once(answering.as_mut()).await.is_pending() {
+                tokio::spawn(answering);
+            }
         }
     }
 
-    fn handshake(&mut self, hello: Hello) -> Result<(), Close> {
+    /// Checks the `Hello`; the answer, either way, goes under its request
+    /// id (docs/PROTOCOL.md, "Connections and the handshake").
+    fn handshake(&mut self, request_id: u64, hello: Hello) -> Result<(), ErrorAnswer> {
         if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(Close::Error(ErrorAnswer::new(
-                ErrorCode::FailedPrecondition,
+            return Err(ErrorAnswer::new(
+                ErrorCode::Unsupported,
                 format!(
-                    "this server speaks protocol version {PROTOCOL_VERSION} only, not {}",
+                    "protocol version {} is not supported: this server speaks versions \
+                     {PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                     hello.protocol_version
                 ),
-            )));
+            ));
         }
         let Some(role) = self.shared.tokens.role_of(&hello.token) else {
-            return Err(Close::Error(ErrorAnswer::new(
+            return Err(ErrorAnswer::new(
                 ErrorCode::Unauthenticated,
                 "unknown token",
-            )));
+            ));
         };
         self.role = Some(role);
         self.output.send(
-            CONNECTION_REQUEST_ID,
+            request_id,
             HelloOk {
                 protocol_version: PROTOCOL_VERSION,
                 server_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -355,6 +408,7 @@ impl Session {
                         output: self.output.clone(),
                         register_request: request_id,
                         take_request: request_id,
+                        held: None,
                     },
                 );
                 self.answer(request_id, Registered { agent });
@@ -389,6 +443,8 @@ impl Session {
             Complete(AgentId, Vec<crate::protocol::Completion>),
             Read(Box<dyn FnOnce(&crate::sched::Scheduler) -> Message + Send>),
             Watch(WatchTarget),
+            /// Answered here, then the dispatches held for it follow.
+            Take(AgentId, Command),
         }
         let registry = self.shared.registry.clone();
         let output = self.output.clone();
@@ -418,10 +474,13 @@ impl Session {
                 self.shared
                     .registry
                     .set_take_request(agent, self.id, request_id);
-                Work::Command(Command::TakeWork {
+                Work::Take(
                     agent,
-                    count: m.count,
-                })
+                    Command::TakeWork {
+                        agent,
+                        count: m.count,
+                    },
+                )
             }
             Message::Heartbeat(_) => Work::Command(Command::Heartbeat {
                 agent: needs_agent()?,
@@ -471,11 +530,12 @@ impl Session {
                     watch(&driver, &registry, &output, connection, request_id, target).await;
                     return (request_id, None);
                 }
-                Work::Command(command) => match driver.command(command).await {
-                    Ok(Ok(reply)) => reply_message(reply),
-                    Ok(Err(rejection)) => Message::Error(ErrorAnswer::from(&rejection)),
-                    Err(_) => Message::Error(unavailable()),
-                },
+                Work::Command(command) => command_answer(&driver, command).await,
+                Work::Take(agent, command) => {
+                    output.send(request_id, command_answer(&driver, command).await);
+                    registry.take_answered(agent, connection, request_id);
+                    return (request_id, None);
+                }
                 Work::Complete(agent, completions) => {
                     let mut results = Vec::with_capacity(completions.len());
                     for c in completions {
@@ -591,6 +651,15 @@ async fn watch(
     }
 }
 
+/// The answer to a command, once its events are durable.
+async fn command_answer(driver: &crate::driver::DriverHandle, command: Command) -> Message {
+    match driver.command(command).await {
+        Ok(Ok(reply)) => reply_message(reply),
+        Ok(Err(rejection)) => Message::Error(ErrorAnswer::from(&rejection)),
+        Err(_) => Message::Error(unavailable()),
+    }
+}
+
 fn reply_message(reply: Reply) -> Message {
     match reply {
         Reply::Submitted {
@@ -620,6 +689,17 @@ fn unavailable() -> ErrorAnswer {
     )
 }
 
+/// Polls a future once, outside tokio's cooperative budget: with the
+/// budget spent, a first poll would do nothing and the order be lost.
+async fn poll_once<F: std::future::Future>(
+    mut future: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    tokio::task::unconstrained(std::future::poll_fn(|context| {
+        std::task::Poll::Ready(future.as_mut().poll(context))
+    }))
+    .await
+}
+
 async fn timeout_at<F: std::future::Future>(deadline: Instant, future: F) -> Result<F::Output, ()> {
     timeout(deadline.saturating_duration_since(Instant::now()), future)
         .await
@@ -628,41 +708,39 @@ async fn timeout_at<F: std::future::Future>(deadline: Instant, future: F) -> Res
 
 /// Reads until `buffer` starts with a whole frame no longer than
 /// `frame_length_max`, then decodes it and removes it from the buffer.
-/// Anything malformed closes the connection, with an error saying what.
+/// Broken framing (a length out of bounds), a frame only servers send and
+/// request id 0 close the connection, with an error under id 0 saying what:
+/// answers could no longer be matched. A sound header with a body that
+/// does not decode is [`Incoming::Malformed`]: only that request fails.
 async fn next_frame(
     reader: &mut tokio::net::tcp::OwnedReadHalf,
     buffer: &mut Vec<u8>,
     frame_length_max: usize,
     idle: Option<std::time::Duration>,
-) -> Result<Frame, Close> {
+) -> Result<Incoming, Close> {
     loop {
         match Frame::check(buffer, frame_length_max) {
             Ok(Check::Complete { frame_length }) => {
-                let decoded = Frame::decode(&buffer[..frame_length]);
+                let bytes = &buffer[..frame_length];
+                let header = Header::parse(bytes).map_err(|error| {
+                    connection_error(ErrorCode::InvalidArgument, error.to_string())
+                })?;
+                let incoming = incoming(header, Frame::decode(bytes));
                 buffer.drain(..frame_length);
-                return match decoded {
-                    Ok(frame)
-                        if frame.message.message_type().sender()
-                            == crate::protocol::message::Sender::Client =>
-                    {
-                        Ok(frame)
-                    }
-                    Ok(frame) => Err(Close::Error(ErrorAnswer::new(
-                        ErrorCode::InvalidArgument,
-                        format!(
-                            "{} is sent by servers, not clients",
-                            frame.message.message_type().name()
-                        ),
-                    ))),
-                    Err(error) => Err(malformed(error)),
-                };
+                return incoming;
             }
             Ok(Check::Incomplete) => {}
-            Err(error) => {
-                return Err(Close::Error(ErrorAnswer::new(
+            Err(error @ DecodeError::FrameTooLarge { .. }) => {
+                return Err(connection_error(
                     ErrorCode::ResourceExhausted,
                     error.to_string(),
-                )))
+                ))
+            }
+            Err(error) => {
+                return Err(connection_error(
+                    ErrorCode::InvalidArgument,
+                    error.to_string(),
+                ))
             }
         }
         // Read more: at most what the frame can still need, so memory is
@@ -676,10 +754,10 @@ async fn next_frame(
                 Ok(read) => read,
                 Err(_) => {
                     buffer.truncate(start);
-                    return Err(Close::Error(ErrorAnswer::new(
+                    return Err(connection_error(
                         ErrorCode::InvalidArgument,
                         format!("a frame stayed incomplete for {} ms", idle.as_millis()),
-                    )));
+                    ));
                 }
             },
             _ => read.await,
@@ -694,9 +772,37 @@ async fn next_frame(
     }
 }
 
-fn malformed(error: DecodeError) -> Close {
-    Close::Error(ErrorAnswer::new(
-        ErrorCode::InvalidArgument,
-        format!("malformed frame: {error}"),
-    ))
+/// What a whole frame is to the server, given its header and its decoding.
+fn incoming(header: Header, decoded: Result<Frame, DecodeError>) -> Result<Incoming, Close> {
+    let known = MessageType::from_u16(header.message_type);
+    if let Some(known) = known.filter(|t| t.sender() == Sender::Server) {
+        return Err(connection_error(
+            ErrorCode::Unsupported,
+            format!("{} is sent by servers, not clients", known.name()),
+        ));
+    }
+    if header.request_id == CONNECTION_REQUEST_ID {
+        return Err(connection_error(
+            ErrorCode::InvalidArgument,
+            "request id 0 is the server's: a client never sends it",
+        ));
+    }
+    match decoded {
+        Ok(frame) => Ok(Incoming::Frame(frame)),
+        Err(error) => {
+            let code = match error {
+                DecodeError::UnknownMessageType { .. } => ErrorCode::Unsupported,
+                _ => ErrorCode::InvalidArgument,
+            };
+            Ok(Incoming::Malformed {
+                request_id: header.request_id,
+                answer: ErrorAnswer::new(code, format!("malformed frame: {error}")),
+            })
+        }
+    }
+}
+
+/// An error about the connection itself: under request id 0, then closed.
+fn connection_error(code: ErrorCode, message: impl Into<String>) -> Close {
+    Close::Error(CONNECTION_REQUEST_ID, ErrorAnswer::new(code, message))
 }

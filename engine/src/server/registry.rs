@@ -26,6 +26,11 @@ pub(crate) struct AgentLink {
     /// latest `TakeWork` (for `Dispatch`).
     pub(crate) register_request: u64,
     pub(crate) take_request: u64,
+    /// Dispatches that came before the latest `TakeWork`'s answer went out
+    /// (the driver publishes a batch before it answers it); sent right
+    /// after that answer, so `Done` always comes first. At most the
+    /// agent's slots.
+    pub(crate) held: Option<Vec<Frame>>,
 }
 
 /// One `Watch` of one connection.
@@ -185,6 +190,24 @@ impl Registry {
             .filter(|l| l.connection == connection)
         {
             link.take_request = request;
+            link.held.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// The answer to the agent's `TakeWork` `request` is out: send the
+    /// dispatches held for it, if it is still the latest.
+    pub(crate) fn take_answered(&self, agent: AgentId, connection: u64, request: u64) {
+        let mut agents = self.write();
+        let Some(link) = agents
+            .get_mut(&agent)
+            .filter(|l| l.connection == connection && l.take_request == request)
+        else {
+            return;
+        };
+        for frame in link.held.take().unwrap_or_default() {
+            if !link.output.send_frame(frame) {
+                tracing::warn!(%agent, "agent connection output full or closed; its lease decides");
+            }
         }
     }
 
@@ -265,18 +288,29 @@ impl Publisher for std::sync::Arc<Registry> {
                     tags,
                     payload,
                 } => {
-                    self.send(*agent, |link| {
-                        let dispatch = Dispatch {
-                            job: *job,
-                            run: *run,
-                            attempt: *attempt,
-                            queue: queue.clone(),
-                            priority: *priority,
-                            tags: tags.clone(),
-                            payload: payload.clone(),
-                        };
-                        Frame::new(link.take_request, Message::Dispatch(dispatch))
-                    });
+                    let mut agents = self.write();
+                    let Some(link) = agents.get_mut(agent) else {
+                        tracing::debug!(%agent, "push for an agent that is not connected; its lease decides");
+                        continue;
+                    };
+                    let dispatch = Dispatch {
+                        job: *job,
+                        run: *run,
+                        attempt: *attempt,
+                        queue: queue.clone(),
+                        priority: *priority,
+                        tags: tags.clone(),
+                        payload: payload.clone(),
+                    };
+                    let frame = Frame::new(link.take_request, Message::Dispatch(dispatch));
+                    match &mut link.held {
+                        Some(held) => held.push(frame),
+                        None => {
+                            if !link.output.send_frame(frame) {
+                                tracing::warn!(%agent, "agent connection output full or closed; its lease decides");
+                            }
+                        }
+                    }
                 }
                 Notice::Stop {
                     agent,
