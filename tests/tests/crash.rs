@@ -66,22 +66,31 @@ fn start(binary: &Path, data: &Path) -> Engine {
         .stderr(Stdio::piped())
         .spawn()
         .expect("lanes serve starts");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut engine = Engine {
+        child,
+        address: String::new(),
+        stderr,
+    };
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("stderr") > 0,
-            "lanes serve exited before listening"
-        );
-        if let Some(rest) = line.trim().strip_prefix("lanes: serving on ") {
-            let address = rest.split(' ').next().expect("an address").to_string();
-            return Engine {
-                child,
-                address,
-                stderr,
-            };
+        if engine.stderr.read_line(&mut line).expect("stderr") == 0 {
+            let status = engine.child.wait().expect("reaped");
+            panic!("lanes serve exited before listening: {status}");
         }
+        if let Some(rest) = line.trim().strip_prefix("lanes: serving on ") {
+            engine.address = rest.split(' ').next().expect("an address").to_string();
+            return engine;
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// A test that fails midway leaves no engine running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -278,7 +287,7 @@ async fn acknowledged_submissions_survive_sigkill() {
     );
     for marker in acked.lock().unwrap().keys() {
         assert_eq!(
-            seen.get(&marker.to_le_bytes().to_vec()),
+            seen.get(marker.to_le_bytes().as_slice()),
             Some(&1),
             "acknowledged submission {marker} missing"
         );

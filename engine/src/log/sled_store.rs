@@ -12,6 +12,7 @@
 //! - records carry our own checksums and gap-free sequences (see `format`),
 //!   so replay proves it saw everything.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -108,6 +109,7 @@ impl LogStore for SledStore {
         Box::new(SledSyncer {
             db: self.db.clone(),
             folder: self.path.join("log"),
+            synced_blobs: HashSet::new(),
         })
     }
 
@@ -166,6 +168,10 @@ fn remove_before_in(records: &sled::Tree, seq: Seq) -> Result<(), StoreError> {
 struct SledSyncer {
     db: sled::Db,
     folder: PathBuf,
+    /// Blob files already made durable. sled never rewrites a blob (it
+    /// writes a new one and deletes the old), so each is synced once: the
+    /// cost of a sync does not grow with the number of blobs.
+    synced_blobs: HashSet<PathBuf>,
 }
 
 impl Syncer for SledSyncer {
@@ -177,20 +183,48 @@ impl Syncer for SledSyncer {
             reason: e.to_string(),
         })?;
         // sled's flush stops at sync_file_range: make it reach the disk.
-        fdatasync_tree(&self.folder).map_err(|e| sync_error("fdatasync of the log files", e))
+        let mut present = HashSet::new();
+        fdatasync_tree(&self.folder, &self.synced_blobs, &mut present)
+            .map_err(|e| sync_error("fdatasync of the log files", e))?;
+        // Forget blobs sled deleted; remember the ones synced now.
+        self.synced_blobs = present;
+        Ok(())
     }
 }
 
-/// fdatasyncs every regular file under `folder`, and the folders themselves
-/// (new segment files must be reachable after a crash).
-fn fdatasync_tree(folder: &Path) -> std::io::Result<()> {
+/// fdatasyncs every regular file under `folder` except blobs synced
+/// before, and the folders themselves (new files must be reachable after a
+/// crash). A file that vanishes between listing and opening was deleted by
+/// sled (a replaced blob): it holds nothing to make durable.
+fn fdatasync_tree(
+    folder: &Path,
+    synced_blobs: &HashSet<PathBuf>,
+    present: &mut HashSet<PathBuf>,
+) -> std::io::Result<()> {
+    let in_blobs = folder.file_name().is_some_and(|name| name == "blobs");
     for entry in std::fs::read_dir(folder)? {
         let entry = entry?;
-        let kind = entry.file_type()?;
+        let path = entry.path();
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if kind.is_dir() {
-            fdatasync_tree(&entry.path())?;
+            fdatasync_tree(&path, synced_blobs, present)?;
         } else if kind.is_file() {
-            File::open(entry.path())?.sync_data()?;
+            if in_blobs && synced_blobs.contains(&path) {
+                present.insert(path);
+                continue;
+            }
+            match File::open(&path) {
+                Ok(file) => file.sync_data()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            if in_blobs {
+                present.insert(path);
+            }
         }
     }
     File::open(folder)?.sync_all()
