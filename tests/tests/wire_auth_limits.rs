@@ -413,3 +413,53 @@ async fn connections_beyond_the_maximum_wait_until_one_closes() {
     second.queues().await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn completions_over_the_limit_are_refused_whole() {
+    let server = TestServer::start_with(with_limits(Limits {
+        completions_per_request_max: 2,
+        ..Limits::default()
+    }))
+    .await;
+    let submitter = server.client(SUBMITTER).await;
+    let first = submitter
+        .submit(RunSpec {
+            jobs: vec![JobSpec::default(); 3],
+            ..RunSpec::default()
+        })
+        .await
+        .unwrap();
+    let agent = server.agent("limited", &["default"], &[], 3).await;
+    agent.take_work(3).await.unwrap();
+    let mut completions = Vec::new();
+    for _ in 0..3 {
+        let (job, attempt) = lanes_tests::next_dispatch(&agent).await;
+        completions.push(lanes::protocol::Completion {
+            job,
+            attempt,
+            report: lanes::model::Report::Succeeded,
+            exit_code: 0,
+        });
+    }
+    let error = agent.complete(completions.clone()).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::InvalidArgument), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("3 completions in one Complete, over the limit of 2: none applied"),
+        "{error}"
+    );
+    // None was applied: every job still runs; within the limit they are.
+    for job in 0..3 {
+        let info = submitter.job(JobId(first.first_job.0 + job)).await.unwrap();
+        assert!(matches!(
+            info.status,
+            lanes::sched::view::JobStatus::Running { .. }
+        ));
+    }
+    assert_eq!(
+        agent.complete(completions[..2].to_vec()).await.unwrap(),
+        vec![Ok(()), Ok(())]
+    );
+    server.stop().await;
+}

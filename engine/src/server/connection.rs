@@ -373,6 +373,19 @@ impl Session {
         let jobs: &[JobSpec] = match message {
             Message::SubmitRun(submit) => &submit.spec.jobs,
             Message::AppendJobs(append) => &append.jobs,
+            Message::Complete(complete) => {
+                let max = self.shared.limits.completions_per_request_max;
+                if complete.completions.len() > max {
+                    return Err(ErrorAnswer::new(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "{} completions in one Complete, over the limit of {max}: none applied",
+                            complete.completions.len()
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
             _ => return Ok(()),
         };
         let max = self.shared.limits.payload_bytes_max;

@@ -54,6 +54,9 @@ pub struct Limits {
     /// Bytes waiting to be written to one connection; a client that does
     /// not read its answers is disconnected at this bound.
     pub output_bytes_max: usize,
+    /// Completions in one `Complete`: each becomes a command of its own,
+    /// so one request cannot hold the writer for long.
+    pub completions_per_request_max: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +70,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(5),
             idle_frame_timeout: Duration::from_secs(60),
             output_bytes_max: 32 << 20,
+            completions_per_request_max: 1_024,
         }
     }
 }
