@@ -75,12 +75,11 @@ pub fn encode(events: &[Event]) -> Vec<u8> {
         );
     }
     let records: Vec<EventRecord> = events.iter().map(EventRecord::from).collect();
-    encode_records(first_seq, &records)
+    encode_records(first_seq, records)
 }
 
 /// Encodes archived-to-be records as one record under `first_seq`.
-fn encode_records(first_seq: Seq, records: &[EventRecord]) -> Vec<u8> {
-    let records = records.to_vec();
+fn encode_records(first_seq: Seq, records: Vec<EventRecord>) -> Vec<u8> {
     let payload = rkyv::to_bytes::<rancor::Error>(&records).expect("archiving events cannot fail");
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
     bytes.extend_from_slice(&MAGIC);
@@ -702,7 +701,7 @@ mod tests {
                 outcome: 99,
             },
         };
-        let bytes = encode_records(1, &[record]);
+        let bytes = encode_records(1, vec![record]);
         assert_eq!(
             decode(&bytes).unwrap_err(),
             DecodeError::Payload("unknown outcome code 99".to_string())
@@ -715,7 +714,7 @@ mod tests {
         };
         let bytes = encode_records(
             1,
-            &[EventRecord {
+            vec![EventRecord {
                 time: 5,
                 kind: KindRecord::TagRulesSet(vec![rule]),
             }],

@@ -212,30 +212,20 @@ impl Scheduler {
         scheduler.queues.clear();
         scheduler.queue_ids.clear();
         scheduler.index = DispatchIndex::new();
-        for (i, pool) in image.pools.iter().enumerate() {
-            if scheduler.index.pools.intern(pool) != i as u32 {
-                return bad(format!("pool {pool:?} appears twice"));
-            }
+        let index = &mut scheduler.index;
+        if let Err(i) = index.pools.restore(image.pools.iter().cloned()) {
+            return bad(format!("pool {:?} appears twice", image.pools[i]));
         }
-        for (i, tags) in image.tag_sets.iter().enumerate() {
-            if scheduler
-                .index
-                .tag_sets
-                .intern(&tags.clone().into_boxed_slice())
-                != i as u32
-            {
-                return bad(format!("tag set {i} appears twice"));
-            }
+        let boxed = |sets: &[Vec<crate::model::Pair>]| {
+            sets.iter()
+                .map(|set| set.clone().into_boxed_slice())
+                .collect::<Vec<_>>()
+        };
+        if let Err(i) = index.tag_sets.restore(boxed(&image.tag_sets)) {
+            return bad(format!("tag set {i} appears twice"));
         }
-        for (i, labels) in image.label_sets.iter().enumerate() {
-            if scheduler
-                .index
-                .label_sets
-                .intern(&labels.clone().into_boxed_slice())
-                != i as u32
-            {
-                return bad(format!("label set {i} appears twice"));
-            }
+        if let Err(i) = index.label_sets.restore(boxed(&image.label_sets)) {
+            return bad(format!("label set {i} appears twice"));
         }
         for (i, queue) in image.queues.into_iter().enumerate() {
             if scheduler

@@ -36,6 +36,18 @@ impl<T: Clone + Eq + Hash> Interner<T> {
         &self.values[id as usize]
     }
 
+    /// Interns `values` in order into an empty interner, so value `i` gets
+    /// id `i` (restoring a snapshot). Returns the index of a value that
+    /// appears twice, which a sound snapshot never holds.
+    pub(crate) fn restore(&mut self, values: impl IntoIterator<Item = T>) -> Result<(), usize> {
+        for (i, value) in values.into_iter().enumerate() {
+            if self.intern(&value) != i as u32 {
+                return Err(i);
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.values.len()
     }
