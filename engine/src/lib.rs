@@ -33,3 +33,4 @@ pub mod replay;
 pub mod runner;
 pub mod sched;
 pub mod server;
+pub mod triggers;

@@ -133,6 +133,14 @@ enum Op {
         advance_ms: u64,
     },
     Restarted,
+    /// A trigger fires for a time: mostly new times, sometimes one that
+    /// already fired.
+    Fire {
+        trigger: usize,
+        scheduled: u64,
+        run: RunSpec,
+    },
+    Drain(bool),
 }
 
 /// What a completion gets wrong, if anything.
@@ -380,6 +388,9 @@ fn op() -> impl Strategy<Value = Op> {
         5 => prop_oneof![3 => 0u64..200, 2 => 200u64..2_000, 1 => 2_000u64..12_000]
             .prop_map(|advance_ms| Op::Tick { advance_ms }),
         1 => Just(Op::Restarted),
+        1 => (0usize..2, 0u64..6, run_spec())
+            .prop_map(|(trigger, scheduled, run)| Op::Fire { trigger, scheduled, run }),
+        1 => prop_oneof![1 => Just(true), 2 => Just(false)].prop_map(Op::Drain),
     ]
 }
 
@@ -741,6 +752,16 @@ impl Harness {
                 Command::Tick
             }
             Op::Restarted => Command::Restarted,
+            Op::Fire {
+                trigger,
+                scheduled,
+                run,
+            } => Command::FireTrigger {
+                trigger: ["nightly", "hourly"][*trigger].to_string(),
+                scheduled: *scheduled,
+                run: run.clone(),
+            },
+            &Op::Drain(draining) => Command::SetDraining { draining },
         }
     }
 
@@ -798,6 +819,10 @@ impl Harness {
                 view.active,
                 !view.active
             );
+        }
+        if self.real.draining() {
+            // A drain dispatches nothing, by design.
+            return Ok(());
         }
         let reference = Reference::new(&self.real, &self.active);
         for agent in self.real.agents() {

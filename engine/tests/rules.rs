@@ -2169,3 +2169,134 @@ fn seed_flyte_backfill_drains_at_a_bounded_rate() {
     assert_eq!(world.dispatched(), production);
     assert_eq!(world.succeed(agent, backfill[0]), [backfill[2]]);
 }
+
+// ---- cron triggers and drain ----------------------------------------------
+
+fn fire(world: &mut World, trigger: &str, scheduled: TimeMs, run: RunSpec) -> Reply {
+    world.ok(Command::FireTrigger {
+        trigger: trigger.to_string(),
+        scheduled,
+        run,
+    })
+}
+
+/// Flyte's triggers: each firing is recorded with the time it was due, and a
+/// time at or before the last firing never fires again, so a restart (which
+/// replays the firings) cannot fire the same time twice.
+#[test]
+fn trigger_fires_each_scheduled_time_once() {
+    let mut world = World::new();
+    let Reply::Fired {
+        submitted: Ok((run, first_job, 1)),
+    } = fire(&mut world, "nightly", 60_000, one_job())
+    else {
+        panic!("the first firing submitted nothing")
+    };
+    assert_eq!(world.view(first_job).run, run);
+    for again in [60_000, 59_000] {
+        let rejection = world.reject(Command::FireTrigger {
+            trigger: "nightly".into(),
+            scheduled: again,
+            run: one_job(),
+        });
+        assert_eq!(rejection.code(), ErrorCode::FailedPrecondition);
+        assert!(matches!(
+            rejection,
+            Rejection::AlreadyFired { last: 60_000, .. }
+        ));
+    }
+    assert!(matches!(
+        fire(&mut world, "nightly", 120_000, one_job()),
+        Reply::Fired { submitted: Ok(_) }
+    ));
+    // Triggers count apart from each other.
+    assert!(matches!(
+        fire(&mut world, "hourly", 60_000, one_job()),
+        Reply::Fired { submitted: Ok(_) }
+    ));
+    assert_eq!(
+        world.scheduler.triggers_fired().get("nightly"),
+        Some(&120_000)
+    );
+}
+
+/// A firing whose run is refused (here: a full queue) still counts: the
+/// refusal is the answer, and the time is not tried again.
+#[test]
+fn trigger_firing_refused_by_a_full_queue_still_counts() {
+    let mut world = World::new();
+    world.put_queue(QueueConfig {
+        depth: Some(1),
+        ..QueueConfig::new("small")
+    });
+    world.submit(one_job().queue("small"));
+    let Reply::Fired {
+        submitted: Err(rejection),
+    } = fire(&mut world, "t", 1_000, one_job().queue("small"))
+    else {
+        panic!("a firing into a full queue submitted a run")
+    };
+    assert_eq!(rejection.code(), ErrorCode::ResourceExhausted);
+    assert_eq!(
+        world.last_kinds(),
+        [EventKind::TriggerFired {
+            trigger: "t".into(),
+            scheduled: 1_000
+        }]
+    );
+    assert_eq!(world.scheduler.triggers_fired().get("t"), Some(&1_000));
+}
+
+/// Flyte: a trigger routed to a queue with run concurrency 1 never overlaps
+/// itself: the next firing's run waits until the previous one finished.
+#[test]
+fn trigger_into_run_concurrency_one_never_overlaps_itself() {
+    let mut world = World::new();
+    world.put_queue(QueueConfig {
+        run_concurrency: Some(1),
+        ..QueueConfig::new("nightly")
+    });
+    let agent = world.worker("w", 10);
+    world.take(agent, 10);
+    fire(&mut world, "n", 1_000, one_job().queue("nightly"));
+    let first = world.dispatched();
+    assert_eq!(first.len(), 1);
+    fire(&mut world, "n", 2_000, one_job().queue("nightly"));
+    assert_eq!(world.dispatched(), []);
+    let second = world.succeed(agent, first[0]);
+    assert_eq!(second.len(), 1);
+}
+
+/// Drain: no new dispatch while draining, running jobs run on and complete,
+/// and resuming hands waiting work to agents that waited through it.
+#[test]
+fn drain_stops_new_dispatches_and_lets_running_jobs_finish() {
+    let mut world = World::new();
+    let agent = world.worker("w", 2);
+    world.take(agent, 2);
+    let running = world.submit_one(one_job());
+    assert_eq!(world.dispatched(), [running]);
+    world.ok(Command::SetDraining { draining: true });
+    let waiting = world.submit_one(one_job());
+    assert_eq!(world.dispatched(), []);
+    assert_eq!(world.succeed(agent, running), []);
+    assert_eq!(world.take(agent, 2), []);
+    assert!(world.scheduler.draining());
+    // Draining twice records nothing more.
+    world.ok(Command::SetDraining { draining: true });
+    assert!(world.last.is_empty());
+    world.ok(Command::SetDraining { draining: false });
+    assert_eq!(world.dispatched(), [waiting]);
+}
+
+/// A drain belongs to the process told to drain: a restart ends it.
+#[test]
+fn restart_ends_a_drain() {
+    let mut world = World::new();
+    world.ok(Command::SetDraining { draining: true });
+    world.ok(Command::Restarted);
+    assert!(!world.scheduler.draining());
+    let agent = world.worker("w", 1);
+    let job = world.submit_one(one_job());
+    assert_eq!(world.take(agent, 1), [job]);
+}

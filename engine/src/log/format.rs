@@ -244,6 +244,15 @@ pub enum KindRecord {
         outcome: u8,
     },
     LeasesRestarted,
+    // Added after format 1's first release: new variants go last, so every
+    // older record keeps its archived discriminant.
+    TriggerFired {
+        trigger: String,
+        scheduled: u64,
+    },
+    DrainingSet {
+        draining: bool,
+    },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -567,6 +576,13 @@ impl From<&Event> for EventRecord {
                 outcome: outcome_code(*outcome),
             },
             EventKind::LeasesRestarted => K::LeasesRestarted,
+            EventKind::TriggerFired { trigger, scheduled } => K::TriggerFired {
+                trigger: trigger.clone(),
+                scheduled: *scheduled,
+            },
+            EventKind::DrainingSet { draining } => K::DrainingSet {
+                draining: *draining,
+            },
         };
         EventRecord {
             time: event.time,
@@ -679,6 +695,10 @@ impl EventRecord {
                 outcome: outcome_from(outcome)?,
             },
             K::LeasesRestarted => EventKind::LeasesRestarted,
+            K::TriggerFired { trigger, scheduled } => {
+                EventKind::TriggerFired { trigger, scheduled }
+            }
+            K::DrainingSet { draining } => EventKind::DrainingSet { draining },
         };
         Ok(Event {
             seq,

@@ -14,7 +14,7 @@
 //! | 16 | 8 | payload length (u64 LE) |
 //! | 24 | 4 | CRC32C of bytes 0..24 followed by the payload |
 //! | 28 | 4 | reserved, 0 |
-//! | 32 | n | payload: an rkyv archive of `SnapshotRecord` |
+//! | 32 | n | payload: an rkyv archive of `SnapshotRecordV2` (format 2) or of `SnapshotRecord` (format 1, still read) |
 //!
 //! Files are written to a temporary name, fsynced, renamed and the folder
 //! fsynced, so a crash leaves either the old set of snapshots or the new.
@@ -30,7 +30,9 @@ use crate::model::{self, AgentId, JobId, Outcome, RunId, Seq, StopReason};
 use crate::sched::{AgentImage, Image, JobImage, JobStateImage, QueueImage, RunImage};
 
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"LNSS";
-pub const SNAPSHOT_VERSION: u16 = 1;
+/// 2: adds the triggers' last firings and the drain flag around format 1's
+/// record. Format 1 files are still read (no trigger had fired).
+pub const SNAPSHOT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 32;
 /// Snapshots kept, the newest included: an older one remains in case the
 /// newest is damaged and the operator asks for repair.
@@ -63,6 +65,13 @@ pub struct SnapshotRecord {
     pub jobs: Vec<JobSnapshot>,
     pub agents: Vec<AgentSnapshot>,
     pub idempotency: Vec<(String, u64, u64)>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct SnapshotRecordV2 {
+    pub base: SnapshotRecord,
+    pub triggers: Vec<(String, u64)>,
+    pub draining: bool,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -371,13 +380,19 @@ impl SnapshotRecord {
                 .into_iter()
                 .map(|(k, run, hash)| (k, RunId(run), hash))
                 .collect(),
+            triggers: Vec::new(),
+            draining: false,
         })
     }
 }
 
 /// Encodes an image as snapshot file bytes.
 pub fn encode(image: &Image) -> Vec<u8> {
-    let record = SnapshotRecord::from(image);
+    let record = SnapshotRecordV2 {
+        base: SnapshotRecord::from(image),
+        triggers: image.triggers.clone(),
+        draining: image.draining,
+    };
     let payload =
         rkyv::to_bytes::<rancor::Error>(&record).expect("archiving a snapshot cannot fail");
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -427,15 +442,25 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Image, SnapshotError> {
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    let record = rkyv::from_bytes::<SnapshotRecord, rancor::Error>(&aligned)
-        .map_err(|e| damaged(e.to_string()))?;
+    let (record, triggers, draining) = if version >= 2 {
+        let record = rkyv::from_bytes::<SnapshotRecordV2, rancor::Error>(&aligned)
+            .map_err(|e| damaged(e.to_string()))?;
+        (record.base, record.triggers, record.draining)
+    } else {
+        let record = rkyv::from_bytes::<SnapshotRecord, rancor::Error>(&aligned)
+            .map_err(|e| damaged(e.to_string()))?;
+        (record, Vec::new(), false)
+    };
     if record.last_seq != seq {
         return Err(damaged(format!(
             "its header says sequence {seq}, its contents {}",
             record.last_seq
         )));
     }
-    record.into_image().map_err(damaged)
+    let mut image = record.into_image().map_err(damaged)?;
+    image.triggers = triggers;
+    image.draining = draining;
+    Ok(image)
 }
 
 fn folder(data: &Path) -> PathBuf {

@@ -165,6 +165,16 @@ impl Scheduler {
                     self.agents[agent].credit = 0;
                     self.renew_lease(AgentId(agent as u32), now);
                 }
+                // A drain belongs to the process that was told to drain.
+                self.draining = false;
+            }
+            EventKind::TriggerFired { trigger, scheduled } => {
+                self.triggers.insert(trigger.clone(), *scheduled);
+            }
+            EventKind::DrainingSet { draining } => {
+                self.draining = *draining;
+                // Agents that waited through the drain may find work now.
+                self.match_needed = !draining;
             }
         }
     }

@@ -1,7 +1,10 @@
 //! Commands: what a client asks for. A command is validated against the
 //! current state and becomes events, or a rejection that changes nothing.
 
-use crate::model::{AgentId, JobId, JobSpec, Pair, QueueConfig, Report, RunId, RunSpec, TagRule};
+use crate::model::{
+    AgentId, JobId, JobSpec, Pair, QueueConfig, Report, RunId, RunSpec, TagRule, TimeMs,
+};
+use crate::sched::rejection::Rejection;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -68,6 +71,19 @@ pub enum Command {
     Tick,
     /// The engine has just replayed its log: restart every lease from now.
     Restarted,
+    /// A cron trigger's time `scheduled` came: submit its run, once. A time
+    /// at or before the trigger's last firing is refused, so a restart
+    /// never fires the same time twice.
+    FireTrigger {
+        trigger: String,
+        scheduled: TimeMs,
+        run: RunSpec,
+    },
+    /// Stop dispatching new work (drain) or start again. Running jobs run
+    /// on. A restart ends a drain.
+    SetDraining {
+        draining: bool,
+    },
 }
 
 /// What a command answers besides its events.
@@ -90,5 +106,10 @@ pub enum Reply {
     /// others are already due.
     Ticked {
         more: bool,
+    },
+    /// A trigger fired: its run was submitted, or refused (a full queue, a
+    /// paused-forever configuration) and the firing still counts.
+    Fired {
+        submitted: Result<(RunId, JobId, u32), Rejection>,
     },
 }

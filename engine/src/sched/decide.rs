@@ -252,6 +252,44 @@ impl Scheduler {
                 self.emit(now, EventKind::LeasesRestarted, events);
                 Ok(Reply::Done)
             }
+            Command::FireTrigger {
+                trigger,
+                scheduled,
+                mut run,
+            } => {
+                check_name("trigger", &trigger).map_err(|e| Rejection::invalid("trigger", e))?;
+                if let Some(&last) = self.triggers.get(&trigger) {
+                    if scheduled <= last {
+                        return Err(Rejection::AlreadyFired {
+                            trigger,
+                            scheduled,
+                            last,
+                        });
+                    }
+                }
+                // The firing is the trigger's record, not a client's retry.
+                run.idempotency_key = None;
+                // A refused submission made no events; the firing still
+                // counts, so the same time is never tried again.
+                let submitted = match self.decide_submit(run, now, events) {
+                    Ok(Reply::Submitted {
+                        run,
+                        first_job,
+                        count,
+                        ..
+                    }) => Ok((run, first_job, count)),
+                    Ok(other) => unreachable!("a submission answered {other:?}"),
+                    Err(rejection) => Err(rejection),
+                };
+                self.emit(now, EventKind::TriggerFired { trigger, scheduled }, events);
+                Ok(Reply::Fired { submitted })
+            }
+            Command::SetDraining { draining } => {
+                if self.draining != draining {
+                    self.emit(now, EventKind::DrainingSet { draining }, events);
+                }
+                Ok(Reply::Done)
+            }
         }
     }
 
@@ -601,7 +639,9 @@ fn merge_pairs(run: &[Pair], job: &[Pair]) -> Vec<Pair> {
     merged
 }
 
-fn check_queue_config(config: &QueueConfig) -> Result<(), Rejection> {
+/// Checks a queue's configuration as `PutQueue` would: a configuration
+/// file is checked with this before the engine starts.
+pub fn check_queue_config(config: &QueueConfig) -> Result<(), Rejection> {
     check_name("queue name", &config.name).map_err(|r| Rejection::invalid("name", r))?;
     if config.pools.is_empty() {
         return Err(Rejection::invalid(
@@ -627,7 +667,8 @@ fn check_queue_config(config: &QueueConfig) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_tag_rules(rules: &[TagRule]) -> Result<(), Rejection> {
+/// Checks tag concurrency rules as `SetTagRules` would.
+pub fn check_tag_rules(rules: &[TagRule]) -> Result<(), Rejection> {
     if rules.len() > TAG_RULES_MAX {
         return Err(Rejection::invalid(
             "rules",

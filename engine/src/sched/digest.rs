@@ -223,6 +223,12 @@ impl Scheduler {
             h.u64(run.0);
             h.u64(*hash);
         }
+        h.u64(self.triggers.len() as u64);
+        for (trigger, scheduled) in &self.triggers {
+            h.str(trigger);
+            h.u64(*scheduled);
+        }
+        h.bool(self.draining);
         h.0.digest128()
     }
 }

@@ -107,6 +107,16 @@ pub enum EventKind {
     /// The engine started again after replay: every lease restarts from
     /// now, and every standing request for work lapses (connections are new).
     LeasesRestarted,
+    /// A cron trigger fired for its time `scheduled` (the run it submitted,
+    /// if any, follows as its own events).
+    TriggerFired {
+        trigger: String,
+        scheduled: TimeMs,
+    },
+    /// Dispatching stopped (drain) or started again.
+    DrainingSet {
+        draining: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -27,6 +27,9 @@ pub struct Image {
     pub jobs: Vec<JobImage>,
     pub agents: Vec<AgentImage>,
     pub idempotency: Vec<(String, RunId, u64)>,
+    /// Each trigger's last fired time, by name.
+    pub triggers: Vec<(String, TimeMs)>,
+    pub draining: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,6 +197,12 @@ impl Scheduler {
                 })
                 .collect(),
             idempotency,
+            triggers: self
+                .triggers
+                .iter()
+                .map(|(name, &time)| (name.clone(), time))
+                .collect(),
+            draining: self.draining,
         }
     }
 
@@ -352,6 +361,8 @@ impl Scheduler {
                 scheduler.hungry.insert((since, AgentId(i as u32)));
             }
         }
+        scheduler.triggers = image.triggers.into_iter().collect();
+        scheduler.draining = image.draining;
         for (key, run, hash) in image.idempotency {
             scheduler.idempotency.insert(key, (run, hash));
         }

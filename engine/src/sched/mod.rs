@@ -25,12 +25,13 @@ pub mod rejection;
 mod tables;
 pub mod view;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::FxHashMap;
 
 use crate::model::{AgentId, JobId, QueueConfig, RunId, Seq, TimeMs, DEFAULT_QUEUE};
 pub use command::{Command, Reply};
+pub use decide::{check_queue_config, check_tag_rules};
 pub use event::{Event, EventKind, NewJob, RunSubmitted};
 pub use image::{AgentImage, Image, ImageError, JobImage, JobStateImage, QueueImage, RunImage};
 pub use index::JobKey;
@@ -77,6 +78,11 @@ pub struct Scheduler {
     timers: Timers,
     /// Agents with a standing request and a free slot, longest waiting first.
     hungry: BTreeSet<(Seq, AgentId)>,
+    /// Each cron trigger's last fired time (the time it was due, not the
+    /// time it ran): a time at or before it never fires again.
+    triggers: BTreeMap<String, TimeMs>,
+    /// Dispatching is stopped (an operator's drain) until restart or resume.
+    draining: bool,
     /// Set when an agent starts waiting for work: it may find some at once.
     match_needed: bool,
     /// Reused by matching, so it allocates nothing per command.
@@ -105,6 +111,8 @@ impl Scheduler {
             index: DispatchIndex::new(),
             timers: Timers::default(),
             hungry: BTreeSet::new(),
+            triggers: BTreeMap::new(),
+            draining: false,
             match_needed: false,
             scratch_agents: Vec::new(),
             changed: None,
@@ -125,6 +133,16 @@ impl Scheduler {
     /// The time of the last event applied.
     pub fn clock(&self) -> TimeMs {
         self.clock
+    }
+
+    /// The last time each trigger fired for, by trigger name.
+    pub fn triggers_fired(&self) -> &BTreeMap<String, TimeMs> {
+        &self.triggers
+    }
+
+    /// Whether dispatching is stopped by a drain.
+    pub fn draining(&self) -> bool {
+        self.draining
     }
 
     /// Validates `command` at time `now` and, if it is accepted, applies the
@@ -173,7 +191,7 @@ impl Scheduler {
     /// Gives every agent waiting for work the best jobs it may take, in the
     /// order the agents started waiting.
     fn match_waiting_agents(&mut self, now: TimeMs, events: &mut Vec<Event>) {
-        if !(self.match_needed || self.index.work_appeared) {
+        if !(self.match_needed || self.index.work_appeared) || self.draining {
             return;
         }
         self.match_needed = false;
@@ -199,6 +217,9 @@ impl Scheduler {
     /// Dispatches the best jobs to one agent until it has what it asked for,
     /// its slots are full, or nothing it may take is left.
     fn dispatch_to(&mut self, agent: AgentId, now: TimeMs, events: &mut Vec<Event>) {
+        if self.draining {
+            return;
+        }
         while self.agents[agent.0 as usize].wants_work() {
             let Some(key) = self.index.best_for(agent) else {
                 break;

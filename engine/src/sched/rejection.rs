@@ -40,6 +40,14 @@ pub enum Rejection {
     AgentAbsent { agent: AgentId },
     #[error("idempotency key {key:?} was first used for a different submission")]
     IdempotencyMismatch { key: String },
+    #[error(
+        "trigger {trigger:?} already fired for time {scheduled} (its last firing was for {last})"
+    )]
+    AlreadyFired {
+        trigger: String,
+        scheduled: u64,
+        last: u64,
+    },
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -58,7 +66,8 @@ impl Rejection {
             | Rejection::AlreadyFinished { .. }
             | Rejection::NotRunningOn { .. }
             | Rejection::StaleAttempt { .. }
-            | Rejection::AgentAbsent { .. } => ErrorCode::FailedPrecondition,
+            | Rejection::AgentAbsent { .. }
+            | Rejection::AlreadyFired { .. } => ErrorCode::FailedPrecondition,
             Rejection::IdempotencyMismatch { .. } => ErrorCode::AlreadyExists,
         }
     }

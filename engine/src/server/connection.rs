@@ -687,7 +687,7 @@ fn reply_message(reply: Reply) -> Message {
             replayed,
         }),
         Reply::Registered { agent } => Message::Registered(Registered { agent }),
-        Reply::Done | Reply::Ticked { .. } => Message::Done(Done),
+        Reply::Done | Reply::Ticked { .. } | Reply::Fired { .. } => Message::Done(Done),
     }
 }
 

@@ -16,6 +16,7 @@ macro_rules! out {
 
 mod agent;
 mod common;
+mod config;
 mod inspect;
 mod output;
 mod pipeline;

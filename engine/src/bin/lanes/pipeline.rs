@@ -13,7 +13,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::{bail, Context};
-use lanes::model::{JobOptions, Pair, Priority};
+use lanes::model::{JobOptions, JobSpec, Pair, Priority, RunSpec};
+use lanes::runner::Payload;
 use serde_json::{Map, Value};
 
 use crate::common::{milliseconds, parse_duration};
@@ -95,7 +96,14 @@ pub fn parse(text: &str, format: Format) -> Result<Pipeline, String> {
     let top = tree
         .as_object()
         .ok_or("expected a map with `steps` at the top")?;
-    check_keys(top, TOP_LEVEL_KEYS, "the top level")?;
+    from_map(top, &[])
+}
+
+/// A pipeline from a map already read, which may also hold `extra_keys`
+/// for its caller (a trigger's `name` and `cron`, say).
+pub fn from_map(top: &Map<String, Value>, extra_keys: &[&str]) -> Result<Pipeline, String> {
+    let known: Vec<&str> = TOP_LEVEL_KEYS.iter().chain(extra_keys).copied().collect();
+    check_keys(top, &known, "the top level")?;
     let defaults = options(top, "")?;
     let env = strings(top.get("env"), "env")?.into_iter().collect();
     let Some(list) = top.get("steps") else {
@@ -144,6 +152,37 @@ pub fn parse(text: &str, format: Format) -> Result<Pipeline, String> {
         env,
         steps,
     })
+}
+
+impl Pipeline {
+    /// The run: each step's command and environment (the pipeline's, then
+    /// the step's own) become its job's payload.
+    pub fn into_run(self, idempotency_key: Option<String>) -> RunSpec {
+        let env = self.env;
+        let jobs = self
+            .steps
+            .into_iter()
+            .map(|step| {
+                let mut step_env = env.clone();
+                step_env.extend(step.env);
+                JobSpec {
+                    options: step.options,
+                    wait_before: step.wait_before,
+                    payload: Payload {
+                        argv: step.argv,
+                        env: step_env,
+                        label: step.label,
+                    }
+                    .encode(),
+                }
+            })
+            .collect();
+        RunSpec {
+            defaults: self.defaults,
+            jobs,
+            idempotency_key,
+        }
+    }
 }
 
 fn check_keys(map: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), String> {

@@ -6,42 +6,56 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use lanes::driver::Durability;
+use lanes::driver::{system_clock, DriverHandle, Durability};
 use lanes::log::{verify, SledStore};
 use lanes::protocol::Role;
-use lanes::sched::SchedulerConfig;
-use lanes::server::{self, EngineConfig, Limits, Tokens};
+use lanes::sched::{Command, SchedulerConfig};
+use lanes::server::{self, EngineConfig, Tokens};
+use lanes::triggers::{self, Triggers};
+
+use crate::config::{self, Config, Rules};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Where the log and snapshots live (created if missing).
-    #[arg(long, env = "LANES_DATA", default_value = "lanes-data")]
-    data: PathBuf,
-    /// The protocol port. Without tokens only loopback addresses are allowed.
-    #[arg(long, env = "LANES_LISTEN", default_value = "127.0.0.1:7070")]
-    listen: std::net::SocketAddr,
-    /// What an acknowledgement promises: `sync` (on stable storage), `interval=<ms>`
-    /// (synced at most this often: a crash can lose that much acknowledged work),
-    /// `none` (never synced by Lanes: for benchmarks).
-    #[arg(long, env = "LANES_DURABILITY", default_value = "sync", value_parser = parse_durability)]
-    durability: Durability,
+    /// A configuration file (TOML; docs/OPERATIONS.md, "Configuration
+    /// reference"). Flags and environment variables override its settings;
+    /// its queues, tag limits and triggers are applied at start and again on
+    /// SIGHUP.
+    #[arg(long, env = "LANES_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the log and snapshots live (created if missing). Default: lanes-data.
+    #[arg(long, env = "LANES_DATA")]
+    data: Option<PathBuf>,
+    /// The protocol port. Without tokens only loopback addresses are
+    /// allowed. Default: 127.0.0.1:7070.
+    #[arg(long, env = "LANES_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// What an acknowledgement promises: `sync` (on stable storage, the
+    /// default), `interval=<ms>` (synced at most this often: a crash can lose
+    /// that much acknowledged work), `none` (never synced by Lanes: for
+    /// benchmarks).
+    #[arg(long, env = "LANES_DURABILITY", value_parser = parse_durability)]
+    durability: Option<Durability>,
     /// A token and the role it grants, as `ROLE=TOKEN` with ROLE one of agent,
-    /// submitter, admin; repeatable. Tokens are at least 16 bytes.
-    #[arg(long = "token", env = "LANES_TOKENS", value_delimiter = ',', value_parser = parse_token)]
+    /// submitter, admin; repeatable. Tokens are at least 16 bytes. Given
+    /// here, they replace the configuration file's.
+    #[arg(long = "token", env = "LANES_TOKENS", value_delimiter = ',', value_parser = parse_token, hide_env_values = true)]
     tokens: Vec<(Role, String)>,
-    /// How long an agent's lease lasts without news from it, in milliseconds.
-    #[arg(long, default_value_t = lanes::sched::LEASE_MS_DEFAULT)]
-    lease_ms: u64,
-    /// Take a snapshot (and trim the log) every this many durable events; 0: never.
-    #[arg(long, default_value_t = 1_000_000)]
-    snapshot_every: u64,
+    /// How long an agent's lease lasts without news from it, in
+    /// milliseconds. Default: 30000.
+    #[arg(long, env = "LANES_LEASE_MS")]
+    lease_ms: Option<u64>,
+    /// Take a snapshot (and trim the log) every this many durable events;
+    /// 0: never. Default: 1000000.
+    #[arg(long, env = "LANES_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
     /// Cut a damaged log at the first damaged record, or pass over a damaged
     /// snapshot, instead of refusing to start. Says exactly what it drops.
     #[arg(long)]
     repair: bool,
 }
 
-fn parse_durability(text: &str) -> Result<Durability, String> {
+pub fn parse_durability(text: &str) -> Result<Durability, String> {
     match text {
         "sync" => Ok(Durability::Sync),
         "none" => Ok(Durability::None),
@@ -60,13 +74,16 @@ fn parse_token(text: &str) -> Result<(Role, String), String> {
     let (role, token) = text
         .split_once('=')
         .ok_or(format!("{text:?}: expected ROLE=TOKEN"))?;
-    let role = match role {
-        "agent" => Role::Agent,
-        "submitter" => Role::Submitter,
-        "admin" => Role::Admin,
-        _ => return Err(format!("{role:?} is not a role: agent, submitter or admin")),
-    };
-    Ok((role, token.to_string()))
+    Ok((parse_role(role)?, token.to_string()))
+}
+
+pub fn parse_role(role: &str) -> Result<Role, String> {
+    match role {
+        "agent" => Ok(Role::Agent),
+        "submitter" => Ok(Role::Submitter),
+        "admin" => Ok(Role::Admin),
+        _ => Err(format!("{role:?} is not a role: agent, submitter or admin")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,56 +210,102 @@ pub fn log_command(command: LogCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => config::read(path)?,
+        None => Config::default(),
+    };
+    // A flag (or its environment variable) wins over the file, the file
+    // over the built-in default.
+    let data = args
+        .data
+        .or(file.data)
+        .unwrap_or_else(|| PathBuf::from("lanes-data"));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:7070".parse().expect("an address"));
     let tokens = if args.tokens.is_empty() {
+        file.tokens
+    } else {
+        args.tokens
+    };
+    let tokens = if tokens.is_empty() {
         Tokens::open()
     } else {
         Tokens::new(
-            args.tokens
+            tokens
                 .into_iter()
                 .map(|(role, token)| (token.into_bytes(), role))
                 .collect(),
         )?
     };
+    let snapshot_every = args
+        .snapshot_every
+        .or(file.snapshot_every)
+        .unwrap_or(1_000_000);
     let config = EngineConfig {
-        data: args.data.clone(),
-        listen: args.listen,
-        durability: args.durability,
+        data: data.clone(),
+        listen,
+        durability: args
+            .durability
+            .or(file.durability)
+            .unwrap_or(Durability::Sync),
         scheduler: SchedulerConfig {
-            lease_ms: args.lease_ms,
+            lease_ms: args
+                .lease_ms
+                .or(file.lease_ms)
+                .unwrap_or(lanes::sched::LEASE_MS_DEFAULT),
         },
-        snapshot_every_events: (args.snapshot_every > 0).then_some(args.snapshot_every),
+        snapshot_every_events: (snapshot_every > 0).then_some(snapshot_every),
         tokens,
-        limits: Limits::default(),
+        limits: file.limits,
         repair: args.repair,
     };
     let running = server::start(config)
         .await
-        .with_context(|| format!("starting on {}", args.data.display()))?;
+        .with_context(|| format!("starting on {}", data.display()))?;
     let report = &running.report;
     // The target the log line had before the binary had modules
     // (docs/OPERATIONS.md quotes it).
     tracing::info!(
         target: "lanes",
-        data = %args.data.display(),
+        data = %data.display(),
         snapshot = ?report.snapshot.as_ref().map(|s| s.0),
         records = report.replay.records,
         events = report.replay.events,
         "recovered"
     );
+    let driver = running.driver();
+    let rules = file.rules;
+    if args.config.is_some() {
+        apply_rules(&driver, &rules).await?;
+    }
+    let triggers = triggers::spawn(driver.clone(), system_clock(), rules.triggers);
     eprintln!(
         "lanes: serving on {} (data in {})",
         running.address(),
-        args.data.display()
+        data.display()
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let driver = running.driver();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-        // Fail-stop: the log failed and the writer stopped. Stopping
-        // reports why, and the process exits non-zero so a supervisor
-        // restarts it (recovery replays what was durable).
-        _ = driver.stopped() => eprintln!("lanes: the engine stopped by itself"),
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut drain = signal(SignalKind::user_defined1())?;
+    let mut undrain = signal(SignalKind::user_defined2())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            // Fail-stop: the log failed and the writer stopped. Stopping
+            // reports why, and the process exits non-zero so a supervisor
+            // restarts it (recovery replays what was durable).
+            _ = driver.stopped() => {
+                eprintln!("lanes: the engine stopped by itself");
+                break;
+            }
+            _ = hangup.recv() => reload(args.config.as_deref(), &driver, &triggers).await,
+            _ = drain.recv() => set_draining(&driver, true).await,
+            _ = undrain.recv() => set_draining(&driver, false).await,
+        }
     }
     eprintln!("lanes: stopping");
     let state = running.stop().await.context("stopping")?;
@@ -252,6 +315,71 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         state.digest()
     );
     Ok(())
+}
+
+/// Applies the file's queues and tag limits, each as the command an admin
+/// would send, so each change is in the log. Unchanged ones record nothing.
+async fn apply_rules(driver: &DriverHandle, rules: &Rules) -> anyhow::Result<()> {
+    let mut commands: Vec<Command> = rules
+        .queues
+        .iter()
+        .cloned()
+        .map(Command::PutQueue)
+        .collect();
+    if let Some(tag_rules) = &rules.tag_rules {
+        commands.push(Command::SetTagRules(tag_rules.clone()));
+    }
+    for command in commands {
+        let description = format!("{command:?}");
+        driver
+            .command(command)
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine stopped"))?
+            .with_context(|| description)?;
+    }
+    Ok(())
+}
+
+/// SIGHUP: reads the file again and applies its queues, tag limits and
+/// triggers. A bad file changes nothing and the engine runs on.
+async fn reload(path: Option<&Path>, driver: &DriverHandle, triggers: &Triggers) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: there is no configuration file to reload (start with --config)");
+        return;
+    };
+    let rules = match config::read(path) {
+        Ok(file) => file.rules,
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: the configuration file was not reloaded");
+            return;
+        }
+    };
+    if let Err(error) = apply_rules(driver, &rules).await {
+        tracing::error!(
+            error = format!("{error:#}"),
+            "SIGHUP: the reload stopped part way"
+        );
+        return;
+    }
+    let names: Vec<&str> = rules.triggers.iter().map(|t| t.name.as_str()).collect();
+    tracing::info!(
+        queues = rules.queues.len(),
+        tag_limits = rules.tag_rules.as_ref().map(Vec::len),
+        triggers = ?names,
+        "SIGHUP: configuration reloaded (settings other than queues, tag limits and triggers take effect at restart)"
+    );
+    triggers.replace(rules.triggers);
+}
+
+/// SIGUSR1 drains (no new dispatch; running jobs finish), SIGUSR2 resumes.
+async fn set_draining(driver: &DriverHandle, draining: bool) {
+    match driver.command(Command::SetDraining { draining }).await {
+        Ok(_) if draining => {
+            tracing::warn!("SIGUSR1: draining: no new job is dispatched until SIGUSR2 or a restart")
+        }
+        Ok(_) => tracing::info!("SIGUSR2: dispatching again"),
+        Err(_) => tracing::error!("the engine stopped"),
+    }
 }
 
 /// Opens the log of an existing data folder; never creates one.

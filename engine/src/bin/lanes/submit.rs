@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use lanes::client::Client;
-use lanes::model::{JobId, JobOptions, JobSpec, Outcome, Pair, RunSpec};
+use lanes::model::{JobId, Outcome, Pair, RunSpec};
 use lanes::protocol::{Message, WatchTarget};
-use lanes::runner::Payload;
 use lanes::sched::view::JobStatus;
 use serde_json::json;
 
@@ -127,21 +126,18 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 
 /// The run to submit: from the file, or one job from the command line.
 fn spec(args: &SubmitArgs) -> anyhow::Result<RunSpec> {
-    let (mut defaults, mut env, steps) = match &args.file {
-        Some(path) => {
-            let file = pipeline::read(path)?;
-            (file.defaults, file.env, file.steps)
-        }
-        None => (
-            JobOptions::default(),
-            BTreeMap::new(),
-            vec![pipeline::Step {
+    let mut run = match &args.file {
+        Some(path) => pipeline::read(path)?,
+        None => pipeline::Pipeline {
+            steps: vec![pipeline::Step {
                 argv: args.command.clone(),
                 ..pipeline::Step::default()
             }],
-        ),
+            ..pipeline::Pipeline::default()
+        },
     };
     // The flags override the file's top level, key by key.
+    let defaults = &mut run.defaults;
     if args.queue.is_some() {
         defaults.queue = args.queue.clone();
     }
@@ -159,32 +155,11 @@ fn spec(args: &SubmitArgs) -> anyhow::Result<RunSpec> {
     if args.max_attempts.is_some() {
         defaults.max_attempts = args.max_attempts;
     }
-    env.extend(args.env.iter().cloned());
-    if steps.iter().any(|step| step.argv.is_empty()) {
+    run.env.extend(args.env.iter().cloned());
+    if run.steps.iter().any(|step| step.argv.is_empty()) {
         bail!("no command: give one after `--`, or --file");
     }
-    let jobs = steps
-        .into_iter()
-        .map(|step| {
-            let mut step_env = env.clone();
-            step_env.extend(step.env);
-            JobSpec {
-                options: step.options,
-                wait_before: step.wait_before,
-                payload: Payload {
-                    argv: step.argv,
-                    env: step_env,
-                    label: step.label,
-                }
-                .encode(),
-            }
-        })
-        .collect();
-    Ok(RunSpec {
-        defaults,
-        jobs,
-        idempotency_key: args.idempotency_key.clone(),
-    })
+    Ok(run.into_run(args.idempotency_key.clone()))
 }
 
 /// Sets each pair in `pairs`, replacing a value for the same key.
