@@ -244,10 +244,7 @@ async fn config_queues_are_applied_at_start_and_again_on_sighup() {
             .find(|queue| queue.config.name == "builds")
             .map(|queue| (queue.config.depth, queue.config.priority))
     };
-    assert_eq!(
-        depth(client.queues().await.unwrap()),
-        Some((Some(2), 3))
-    );
+    assert_eq!(depth(client.queues().await.unwrap()), Some((Some(2), 3)));
 
     // A bad file changes nothing.
     replace(&config, "[[queue]]\nname = \"builds\"\ndepth = 0\n");
@@ -360,7 +357,9 @@ async fn sigusr1_drains_and_sigusr2_dispatches_again() {
         ..Default::default()
     };
     submitter.submit(run("before")).await.unwrap();
-    let running = dispatch_within(&worker, PATIENCE).await.expect("dispatched");
+    let running = dispatch_within(&worker, PATIENCE)
+        .await
+        .expect("dispatched");
 
     serve.signal(Signal::USR1);
     let start = tokio::time::Instant::now();

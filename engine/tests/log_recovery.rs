@@ -292,7 +292,7 @@ fn newer_snapshot_format_refuses_to_start() {
     assert_eq!(
         error.to_string(),
         format!(
-            "snapshot {} was written by snapshot format 7; this build reads up to 1: upgrade Lanes",
+            "snapshot {} was written by snapshot format 7; this build reads up to 2: upgrade Lanes",
             path.display()
         )
     );

@@ -395,16 +395,21 @@ pub fn encode(image: &Image) -> Vec<u8> {
     };
     let payload =
         rkyv::to_bytes::<rancor::Error>(&record).expect("archiving a snapshot cannot fail");
+    frame(SNAPSHOT_VERSION, image.last_seq, &payload)
+}
+
+/// The header and checksum around an archived payload.
+fn frame(version: u16, last_seq: Seq, payload: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
     bytes.extend_from_slice(&SNAPSHOT_MAGIC);
-    bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&version.to_le_bytes());
     bytes.extend_from_slice(&[0, 0]);
-    bytes.extend_from_slice(&image.last_seq.to_le_bytes());
+    bytes.extend_from_slice(&last_seq.to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &payload);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), payload);
     bytes.extend_from_slice(&crc.to_le_bytes());
     bytes.extend_from_slice(&[0; 4]);
-    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(payload);
     bytes
 }
 
@@ -532,4 +537,59 @@ pub fn write(data: &Path, image: &Image) -> Result<PathBuf, SnapshotError> {
         let _ = fs::remove_file(old);
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::{Command, Scheduler, SchedulerConfig};
+
+    /// Format 1 (before triggers and drain) is still read: its image is the
+    /// same state with no trigger fired and no drain.
+    #[test]
+    fn format_1_is_still_read() {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        let mut events = Vec::new();
+        scheduler
+            .handle(
+                Command::SubmitRun(model::RunSpec {
+                    jobs: vec![model::JobSpec::default()],
+                    ..Default::default()
+                }),
+                5,
+                &mut events,
+            )
+            .expect("a submission");
+        let image = scheduler.image();
+        let v1 = rkyv::to_bytes::<rancor::Error>(&SnapshotRecord::from(&image)).unwrap();
+        let decoded = decode("v1", &frame(1, image.last_seq, &v1)).expect("format 1 reads");
+        assert_eq!(decoded, image);
+        let restored = Scheduler::from_image(SchedulerConfig::default(), decoded).unwrap();
+        assert_eq!(restored.digest(), scheduler.digest());
+    }
+
+    #[test]
+    fn format_2_keeps_triggers_and_drain() {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        let mut events = Vec::new();
+        for command in [
+            Command::FireTrigger {
+                trigger: "nightly".into(),
+                scheduled: 60_000,
+                run: model::RunSpec {
+                    jobs: vec![model::JobSpec::default()],
+                    ..Default::default()
+                },
+            },
+            Command::SetDraining { draining: true },
+        ] {
+            scheduler.handle(command, 5, &mut events).expect("accepted");
+        }
+        let image = scheduler.image();
+        let decoded = decode("v2", &encode(&image)).expect("format 2 reads");
+        assert_eq!(decoded.triggers, [("nightly".to_string(), 60_000)]);
+        assert!(decoded.draining);
+        let restored = Scheduler::from_image(SchedulerConfig::default(), decoded).unwrap();
+        assert_eq!(restored.digest(), scheduler.digest());
+    }
 }

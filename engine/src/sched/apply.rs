@@ -47,13 +47,13 @@ impl Scheduler {
                 self.jobs.at_mut(*job).own_priority = true;
             }
             EventKind::RunPriorityChanged { run, priority } => {
-                let found = self.runs.get_mut(run).expect("priority of an unknown run");
+                let found = self.runs.get_mut(*run).expect("priority of an unknown run");
                 found.priority = *priority;
                 // The run moved to the end of its new level: jobs appended
                 // later join it there, not at its old place.
                 found.position = event.seq;
                 for i in 0..found.jobs.len() {
-                    let job = self.runs[run].jobs[i];
+                    let job = self.runs.at(*run).jobs[i];
                     let record = self.jobs.at(job);
                     if !record.own_priority
                         && matches!(record.state, JobState::Held | JobState::Waiting { .. })
@@ -251,9 +251,9 @@ impl Scheduler {
         }
         let mut active: Vec<(RunId, QueueId)> = self
             .runs
-            .iter()
+            .iter_ids()
             .filter(|(_, run)| run.active)
-            .map(|(&id, run)| (id, run.queue))
+            .map(|(id, run)| (id, run.queue))
             .collect();
         active.sort_unstable();
         for (_, queue) in active {
@@ -300,7 +300,7 @@ impl Scheduler {
         self.next_run += 1;
         let defaults = (submitted.defaults != Default::default())
             .then(|| Box::new(submitted.defaults.clone()));
-        self.runs.insert(
+        self.runs.push(
             run,
             Run {
                 queue: self.queue_ids[&submitted.queue],
@@ -334,7 +334,7 @@ impl Scheduler {
             let id = self.jobs.next_id();
             self.note_changed(id);
             let queue = self.queue_ids[&new.queue];
-            let record = self.runs.get_mut(&run).expect("jobs for an unknown run");
+            let record = self.runs.get_mut(run).expect("jobs for an unknown run");
             if new.wait_before {
                 record.last_stage += 1;
             }
@@ -355,23 +355,26 @@ impl Scheduler {
                 .index
                 .label_sets
                 .intern(&new.labels.clone().into_boxed_slice());
-            self.jobs.push(Job {
-                run,
-                key: JobKey::new(new.priority, position, upload, id),
-                queue,
-                tags,
-                labels,
-                stage,
-                state: JobState::Held,
-                attempt: 0,
-                max_attempts: new.max_attempts,
-                own_priority: new.own_priority,
-                submitted_at: now,
-                waiting_since: now,
-                max_queued_time_ms: new.max_queued_time_ms,
-                deadline_at,
-                payload: new.payload.clone().into_boxed_slice(),
-            });
+            self.jobs.push(
+                id,
+                Job {
+                    run,
+                    key: JobKey::new(new.priority, position, upload, id),
+                    queue,
+                    tags,
+                    labels,
+                    stage,
+                    state: JobState::Held,
+                    attempt: 0,
+                    max_attempts: new.max_attempts,
+                    own_priority: new.own_priority,
+                    submitted_at: now,
+                    waiting_since: now,
+                    max_queued_time_ms: new.max_queued_time_ms,
+                    deadline_at,
+                    payload: new.payload.clone().into_boxed_slice(),
+                },
+            );
             let queue = &mut self.queues[queue as usize];
             queue.held += 1;
             queue.submitted_total += 1;
@@ -383,7 +386,7 @@ impl Scheduler {
     /// Iterative, not recursive: a large run cannot exhaust the stack.
     fn advance_run(&mut self, run: RunId, now: TimeMs) {
         loop {
-            let record = &self.runs[&run];
+            let record = &self.runs.at(run);
             let released = record.released as usize;
             if released == record.jobs.len() {
                 break;
@@ -394,7 +397,7 @@ impl Scheduler {
             let skipped = record.failed_stage.is_some_and(|failed| failed < stage);
             let releasable = record.open_stage == Some(stage) || record.released_unfinished == 0;
             let finished = next_job.is_finished();
-            let record = self.runs.get_mut(&run).expect("run vanished");
+            let record = self.runs.get_mut(run).expect("run vanished");
             if finished {
                 // Cancelled, timed out or skipped while held.
                 record.released += 1;
@@ -413,9 +416,9 @@ impl Scheduler {
         }
         // Held jobs behind a stage that is not done yet, but which can never
         // run because an earlier stage failed, end now.
-        if let Some(failed) = self.runs[&run].failed_stage {
-            for i in (self.runs[&run].released as usize..self.runs[&run].jobs.len()).rev() {
-                let job = self.jobs.at(self.runs[&run].jobs[i]);
+        if let Some(failed) = self.runs.at(run).failed_stage {
+            for i in (self.runs.at(run).released as usize..self.runs.at(run).jobs.len()).rev() {
+                let job = self.jobs.at(self.runs.at(run).jobs[i]);
                 if job.stage <= failed {
                     break;
                 }
@@ -424,7 +427,7 @@ impl Scheduler {
                 }
             }
         }
-        let record = self.runs.get_mut(&run).expect("run vanished");
+        let record = self.runs.get_mut(run).expect("run vanished");
         if record.active && record.unfinished == 0 {
             record.active = false;
             let queue = record.queue;
@@ -483,7 +486,7 @@ impl Scheduler {
     /// The class a waiting job belongs in now.
     fn class_of(&mut self, job: JobId) -> u32 {
         let record = self.jobs.at(job);
-        let run = &self.runs[&record.run];
+        let run = &self.runs.at(record.run);
         let gated = !run.active
             && self.queues[run.queue as usize]
                 .config
@@ -506,7 +509,7 @@ impl Scheduler {
         let record = self.jobs.at_mut(job);
         record.state = JobState::Running { agent, stop: None };
         record.attempt = attempt;
-        if !self.runs[&run].active {
+        if !self.runs.at(run).active {
             self.activate(run);
         }
         let queue_record = &mut self.queues[queue as usize];
@@ -529,7 +532,7 @@ impl Scheduler {
     fn activate(&mut self, run: RunId) {
         let record = self
             .runs
-            .get_mut(&run)
+            .get_mut(run)
             .expect("activation of an unknown run");
         record.active = true;
         let queue = record.queue;
@@ -537,8 +540,8 @@ impl Scheduler {
         if self.queues[queue as usize].config.run_concurrency.is_none() {
             return; // No job of the run passes a run gate.
         }
-        for i in 0..self.runs[&run].released as usize {
-            let job = self.runs[&run].jobs[i];
+        for i in 0..self.runs.at(run).released as usize {
+            let job = self.runs.at(run).jobs[i];
             if let JobState::Waiting { class } = self.jobs.at(job).state {
                 if self.index.class_run_gate(class).is_some() {
                     let key = self.jobs.at(job).key;
@@ -575,7 +578,7 @@ impl Scheduler {
             at: now,
         };
         self.queues[queue as usize].finished_total += 1;
-        let record = self.runs.get_mut(&run).expect("job of an unknown run");
+        let record = self.runs.get_mut(run).expect("job of an unknown run");
         record.unfinished -= 1;
         if !was_held {
             record.released_unfinished -= 1;

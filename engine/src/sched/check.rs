@@ -24,7 +24,7 @@ impl Scheduler {
         for job in self.jobs.iter() {
             let id = job.id();
             let q = job.queue as usize;
-            let run = &self.runs[&job.run];
+            let run = &self.runs.at(job.run);
             match job.state {
                 JobState::Held => held[q] += 1,
                 JobState::Waiting { class } => {
@@ -85,7 +85,7 @@ impl Scheduler {
             );
             let active = self
                 .runs
-                .values()
+                .iter()
                 .filter(|run| run.active && run.queue as usize == q)
                 .count();
             let runs = self
@@ -103,7 +103,7 @@ impl Scheduler {
                 );
             }
         }
-        for (id, run) in &self.runs {
+        for (id, run) in self.runs.iter_ids() {
             let jobs: Vec<_> = run.jobs.iter().map(|&j| self.jobs.at(j)).collect();
             let unfinished = jobs.iter().filter(|j| !j.is_finished()).count() as u32;
             assert_eq!(run.unfinished, unfinished, "{id} unfinished count");

@@ -53,7 +53,7 @@ impl Scheduler {
                 Ok(Reply::Done)
             }
             Command::ChangeRunPriority { run, priority } => {
-                let found = self.runs.get(&run).ok_or(Rejection::UnknownRun(run))?;
+                let found = self.runs.get(run).ok_or(Rejection::UnknownRun(run))?;
                 if found.priority == priority {
                     return Ok(Reply::Done);
                 }
@@ -81,7 +81,7 @@ impl Scheduler {
                 Ok(Reply::Done)
             }
             Command::CancelRun { run } => {
-                let found = self.runs.get(&run).ok_or(Rejection::UnknownRun(run))?;
+                let found = self.runs.get(run).ok_or(Rejection::UnknownRun(run))?;
                 // Last job first: a job cancelled before the jobs behind its
                 // `wait` would make them SKIPPED; all of them are CANCELLED.
                 let jobs = found.jobs.clone();
@@ -314,7 +314,7 @@ impl Scheduler {
                 if first_hash != *hash {
                     return Err(Rejection::IdempotencyMismatch { key: key.clone() });
                 }
-                let found = &self.runs[&run];
+                let found = &self.runs.at(run);
                 return Ok(Reply::Submitted {
                     run,
                     first_job: found.jobs[0],
@@ -364,7 +364,7 @@ impl Scheduler {
         now: TimeMs,
         events: &mut Vec<Event>,
     ) -> Result<Reply, Rejection> {
-        let found = self.runs.get(&run).ok_or(Rejection::UnknownRun(run))?;
+        let found = self.runs.get(run).ok_or(Rejection::UnknownRun(run))?;
         check_job_count(specs.len())?;
         let defaults = found.defaults.as_deref().cloned().unwrap_or_default();
         let queue = self.queues[found.queue as usize].config.name.clone();

@@ -125,11 +125,9 @@ impl Scheduler {
             }
             h.u64(rule.limit.into());
         }
-        let mut runs: Vec<_> = self.runs.iter().collect();
-        runs.sort_unstable_by_key(|(id, _)| **id);
         h.u64(self.next_run);
-        h.u64(runs.len() as u64);
-        for (id, run) in runs {
+        h.u64(self.runs.len() as u64);
+        for (id, run) in self.runs.iter_ids() {
             h.u64(id.0);
             h.str(&self.queues[run.queue as usize].config.name);
             h.i64(run.priority.into());

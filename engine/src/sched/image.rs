@@ -7,7 +7,7 @@ use crate::model::{
     AgentId, JobId, JobOptions, Outcome, Pair, QueueConfig, RunId, Seq, StopReason, TagRule, TimeMs,
 };
 use crate::sched::index::{DispatchIndex, JobKey};
-use crate::sched::tables::{Agent, Job, JobState, JobTable, Queue, Run};
+use crate::sched::tables::{Agent, Job, JobState, JobTable, Queue, Run, RunTable};
 use crate::sched::{Scheduler, SchedulerConfig};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,8 +124,8 @@ impl Scheduler {
     pub fn image(&self) -> Image {
         let mut runs: Vec<RunImage> = self
             .runs
-            .iter()
-            .map(|(&id, run)| RunImage {
+            .iter_ids()
+            .map(|(id, run)| RunImage {
                 id,
                 queue: run.queue,
                 priority: run.priority,
@@ -254,11 +254,19 @@ impl Scheduler {
             scheduler.queues.push(record);
         }
         let queue_count = scheduler.queues.len() as u32;
+        let first_run = image
+            .runs
+            .first()
+            .map_or(RunId(image.next_run), |run| run.id);
+        scheduler.runs = RunTable::starting_at(first_run);
         for run in image.runs {
             if run.queue >= queue_count {
                 return bad(format!("{} names queue {}", run.id, run.queue));
             }
-            scheduler.runs.insert(
+            if run.id != scheduler.runs.next_id() {
+                return bad(format!("{} is out of order: runs are dense", run.id));
+            }
+            scheduler.runs.push(
                 run.id,
                 Run {
                     queue: run.queue,
@@ -282,7 +290,7 @@ impl Scheduler {
         scheduler.jobs = JobTable::starting_at(JobId(image.first_job));
         for job in image.jobs {
             let id = scheduler.jobs.next_id();
-            if !scheduler.runs.contains_key(&job.run)
+            if !scheduler.runs.contains(job.run)
                 || job.queue >= queue_count
                 || job.tags as usize >= image.tag_sets.len()
                 || job.labels as usize >= image.label_sets.len()
@@ -309,25 +317,28 @@ impl Scheduler {
                     at,
                 },
             };
-            scheduler.jobs.push(Job {
-                run: job.run,
-                key: JobKey::new(job.priority, job.position, job.upload, id),
-                queue: job.queue,
-                tags: job.tags,
-                labels: job.labels,
-                stage: job.stage,
-                state,
-                attempt: job.attempt,
-                max_attempts: job.max_attempts,
-                own_priority: job.own_priority,
-                submitted_at: job.submitted_at,
-                waiting_since: job.waiting_since,
-                max_queued_time_ms: job.max_queued_time_ms,
-                deadline_at: job.deadline_at,
-                payload: job.payload.into_boxed_slice(),
-            });
+            scheduler.jobs.push(
+                id,
+                Job {
+                    run: job.run,
+                    key: JobKey::new(job.priority, job.position, job.upload, id),
+                    queue: job.queue,
+                    tags: job.tags,
+                    labels: job.labels,
+                    stage: job.stage,
+                    state,
+                    attempt: job.attempt,
+                    max_attempts: job.max_attempts,
+                    own_priority: job.own_priority,
+                    submitted_at: job.submitted_at,
+                    waiting_since: job.waiting_since,
+                    max_queued_time_ms: job.max_queued_time_ms,
+                    deadline_at: job.deadline_at,
+                    payload: job.payload.into_boxed_slice(),
+                },
+            );
         }
-        for run in scheduler.runs.values() {
+        for run in scheduler.runs.iter() {
             if run
                 .jobs
                 .iter()

@@ -37,7 +37,7 @@ pub use image::{AgentImage, Image, ImageError, JobImage, JobStateImage, QueueIma
 pub use index::JobKey;
 use index::{DispatchIndex, QueueId};
 pub use rejection::Rejection;
-use tables::{Agent, JobTable, Queue, Run, Timers};
+use tables::{Agent, JobTable, Queue, RunTable, Timers};
 
 /// How long an agent's lease lasts without news from it, by default.
 pub const LEASE_MS_DEFAULT: u64 = 30_000;
@@ -68,7 +68,7 @@ pub struct Scheduler {
     clock: TimeMs,
     queues: Vec<Queue>,
     queue_ids: FxHashMap<String, QueueId>,
-    runs: FxHashMap<RunId, Run>,
+    runs: RunTable,
     next_run: u64,
     jobs: JobTable,
     agents: Vec<Agent>,
@@ -102,7 +102,7 @@ impl Scheduler {
             clock: 0,
             queues: Vec::new(),
             queue_ids: FxHashMap::default(),
-            runs: FxHashMap::default(),
+            runs: RunTable::new(),
             next_run: 1,
             jobs: JobTable::new(),
             agents: Vec::new(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::model::{
-    AgentId, JobId, JobOptions, Outcome, Pair, QueueConfig, Seq, StopReason, TimeMs,
+    AgentId, JobId, JobOptions, Outcome, Pair, QueueConfig, RunId, Seq, StopReason, TimeMs,
 };
 use crate::sched::index::{ClassId, JobKey, LabelSetId, QueueId, TagSetId};
 
@@ -131,80 +131,131 @@ impl Job {
     }
 }
 
-/// Jobs per chunk of the job table: a power of two, big enough that the
+/// Records per chunk of a [`Table`]: a power of two, big enough that the
 /// chunk list stays short (1,000,000 jobs: 245 chunks), small enough that
 /// adding a chunk never stalls the single writer.
-const JOB_CHUNK: usize = 4_096;
+const CHUNK: usize = 4_096;
 
-/// Jobs by id. Ids are dense and handed out in order, so fixed-size chunks
-/// indexed by `id - first` beat a hash map in memory and speed; unlike one
-/// growing buffer, a new chunk never copies the jobs already there.
-#[derive(Debug, Default)]
-pub(crate) struct JobTable {
-    first: u64,
-    len: usize,
-    chunks: Vec<Vec<Job>>,
+/// An id handed out densely, in order (jobs, runs).
+pub(crate) trait DenseId: Copy + std::fmt::Display {
+    fn from_u64(id: u64) -> Self;
+    fn to_u64(self) -> u64;
 }
 
-impl JobTable {
-    pub(crate) fn new() -> JobTable {
-        JobTable::starting_at(JobId(1))
+impl DenseId for JobId {
+    fn from_u64(id: u64) -> JobId {
+        JobId(id)
+    }
+    fn to_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl DenseId for RunId {
+    fn from_u64(id: u64) -> RunId {
+        RunId(id)
+    }
+    fn to_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// Records by id. Ids are dense and handed out in order, so fixed-size
+/// chunks indexed by `id - first` beat a hash map in memory and speed;
+/// unlike one growing buffer (or a hash map's rehash), a new chunk never
+/// copies the records already there, so the writer never stalls on growth.
+#[derive(Debug)]
+pub(crate) struct Table<Id, T> {
+    first: u64,
+    len: usize,
+    chunks: Vec<Vec<T>>,
+    id: std::marker::PhantomData<Id>,
+}
+
+pub(crate) type JobTable = Table<JobId, Job>;
+pub(crate) type RunTable = Table<RunId, Run>;
+
+impl<Id: DenseId, T> Table<Id, T> {
+    pub(crate) fn new() -> Table<Id, T> {
+        Table::starting_at(Id::from_u64(1))
     }
 
-    /// A table whose first job will have id `first` (after a snapshot).
-    pub(crate) fn starting_at(first: JobId) -> JobTable {
-        JobTable {
-            first: first.0,
+    /// A table whose first record will have id `first` (after a snapshot).
+    pub(crate) fn starting_at(first: Id) -> Table<Id, T> {
+        Table {
+            first: first.to_u64(),
             len: 0,
             chunks: Vec::new(),
+            id: std::marker::PhantomData,
         }
     }
 
-    pub(crate) fn first_id(&self) -> JobId {
-        JobId(self.first)
+    pub(crate) fn first_id(&self) -> Id {
+        Id::from_u64(self.first)
     }
 
-    pub(crate) fn next_id(&self) -> JobId {
-        JobId(self.first + self.len as u64)
+    pub(crate) fn next_id(&self) -> Id {
+        Id::from_u64(self.first + self.len as u64)
     }
 
-    pub(crate) fn push(&mut self, job: Job) {
-        assert_eq!(job.id(), self.next_id(), "jobs are added in id order");
-        if self.len.is_multiple_of(JOB_CHUNK) {
-            self.chunks.push(Vec::with_capacity(JOB_CHUNK));
+    /// Adds the record of `id`, which must be the next id.
+    pub(crate) fn push(&mut self, id: Id, record: T) {
+        assert_eq!(
+            id.to_u64(),
+            self.next_id().to_u64(),
+            "records are added in id order"
+        );
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
         }
-        self.chunks.last_mut().expect("a chunk with room").push(job);
+        self.chunks
+            .last_mut()
+            .expect("a chunk with room")
+            .push(record);
         self.len += 1;
     }
 
-    fn slot(&self, id: JobId) -> Option<usize> {
-        let slot = usize::try_from(id.0.checked_sub(self.first)?).ok()?;
+    fn slot(&self, id: Id) -> Option<usize> {
+        let slot = usize::try_from(id.to_u64().checked_sub(self.first)?).ok()?;
         (slot < self.len).then_some(slot)
     }
 
-    pub(crate) fn get(&self, id: JobId) -> Option<&Job> {
+    pub(crate) fn get(&self, id: Id) -> Option<&T> {
         let slot = self.slot(id)?;
-        Some(&self.chunks[slot / JOB_CHUNK][slot % JOB_CHUNK])
+        Some(&self.chunks[slot / CHUNK][slot % CHUNK])
     }
 
-    pub(crate) fn get_mut(&mut self, id: JobId) -> Option<&mut Job> {
+    pub(crate) fn get_mut(&mut self, id: Id) -> Option<&mut T> {
         let slot = self.slot(id)?;
-        Some(&mut self.chunks[slot / JOB_CHUNK][slot % JOB_CHUNK])
+        Some(&mut self.chunks[slot / CHUNK][slot % CHUNK])
     }
 
-    /// The job, which must exist: for ids the scheduler itself validated.
-    pub(crate) fn at(&self, id: JobId) -> &Job {
+    pub(crate) fn contains(&self, id: Id) -> bool {
+        self.slot(id).is_some()
+    }
+
+    /// The record, which must exist: for ids the scheduler itself validated.
+    pub(crate) fn at(&self, id: Id) -> &T {
         self.get(id)
-            .unwrap_or_else(|| panic!("{id} is not in the job table"))
+            .unwrap_or_else(|| panic!("{id} is not in its table"))
     }
 
-    pub(crate) fn at_mut(&mut self, id: JobId) -> &mut Job {
+    pub(crate) fn at_mut(&mut self, id: Id) -> &mut T {
         self.get_mut(id)
-            .unwrap_or_else(|| panic!("{id} is not in the job table"))
+            .unwrap_or_else(|| panic!("{id} is not in its table"))
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Job> {
+    /// The records in id order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.chunks.iter().flatten()
+    }
+
+    /// The records with their ids, in id order.
+    pub(crate) fn iter_ids(&self) -> impl Iterator<Item = (Id, &T)> {
+        let first = self.first;
+        self.iter()
+            .enumerate()
+            .map(move |(i, record)| (Id::from_u64(first + i as u64), record))
     }
 
     pub(crate) fn len(&self) -> usize {

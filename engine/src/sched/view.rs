@@ -222,7 +222,7 @@ impl Scheduler {
     }
 
     pub fn run(&self, id: RunId) -> Option<RunView<'_>> {
-        let run = self.runs.get(&id)?;
+        let run = self.runs.get(id)?;
         Some(RunView {
             id,
             queue: &self.queues[run.queue as usize].config.name,
@@ -288,7 +288,7 @@ impl Scheduler {
         let mut ahead = None;
         match job.state {
             JobState::Held => {
-                let run = &self.runs[&job.run];
+                let run = &self.runs.at(job.run);
                 let unfinished = run
                     .jobs
                     .iter()
