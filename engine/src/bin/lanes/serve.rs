@@ -11,6 +11,7 @@ use lanes::log::{verify, SledStore};
 use lanes::protocol::Role;
 use lanes::sched::SchedulerConfig;
 use lanes::server::{self, EngineConfig, Limits, Tokens};
+use lanes::tls::TlsFiles;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -39,6 +40,23 @@ pub struct ServeArgs {
     /// snapshot, instead of refusing to start. Says exactly what it drops.
     #[arg(long)]
     repair: bool,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Without both: plain TCP.
+    #[arg(
+        long,
+        env = "LANES_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "LANES_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -214,6 +232,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokens,
         limits: Limits::default(),
         repair: args.repair,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
     };
     let running = server::start(config)
         .await
