@@ -48,6 +48,9 @@ pub enum ClientError {
     Server(ErrorAnswer),
     #[error("the connection is closed; the outcome of requests in flight is unknown")]
     Closed,
+    /// The server answered the `Hello` with a TLS record: it wants TLS.
+    #[error("the server speaks TLS: connect with TLS and a CA to trust (--tls-ca)")]
+    ServerWantsTls,
     #[error("the server answered {got} where {expected} was expected")]
     Unexpected {
         expected: &'static str,
@@ -157,10 +160,13 @@ impl Client {
         writer.write_all(&bytes).await?;
         writer.flush().await?;
         let mut buffer = Vec::new();
-        let role = match read_frame(&mut reader, &mut buffer)
-            .await?
-            .map(|frame| frame.message)
-        {
+        let answer = read_frame(&mut reader, &mut buffer).await;
+        // A TLS server answers a plain Hello with an alert record (type 21,
+        // version 3.x), which reads as an incomplete frame.
+        if answer.is_err() && buffer.starts_with(&[0x15, 0x03]) {
+            return Err(ClientError::ServerWantsTls);
+        }
+        let role = match answer?.map(|frame| frame.message) {
             Some(Message::HelloOk(ok)) => ok.role,
             Some(Message::Error(error)) => return Err(ClientError::Server(error)),
             Some(other) => {

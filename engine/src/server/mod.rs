@@ -190,8 +190,9 @@ pub enum EngineError {
         "refusing to listen on {0} without tokens: configure tokens, or listen on loopback only"
     )]
     OpenToNetwork(SocketAddr),
+    /// Not `#[from]`: the message holds the whole cause once.
     #[error("TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(crate::tls::TlsError),
     #[error("the engine stopped while starting")]
     Stopped,
 }
@@ -217,7 +218,8 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
         .tls
         .as_ref()
         .map(crate::tls::server_config)
-        .transpose()?;
+        .transpose()
+        .map_err(EngineError::Tls)?;
     let data = config.data.clone();
     let scheduler_config = config.scheduler.clone();
     let repair = config.repair;

@@ -103,7 +103,8 @@ pub fn connect_options(
         .map_or(server, |(host, _port)| host)
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let tls = ClientTls::from_ca_file(ca, tls_server_name.unwrap_or(host))?;
+    let tls = ClientTls::from_ca_file(ca, tls_server_name.unwrap_or(host))
+        .map_err(|error| anyhow::anyhow!("--tls-ca: {error}"))?;
     Ok(ConnectOptions { tls: Some(tls) })
 }
 
