@@ -182,6 +182,7 @@ async fn serve_stream<R, W>(
         agent: None,
         answering: InFlight::default(),
         take_request: None,
+        watched: false,
     };
     let close = tokio::select! {
         close = session.serve(&mut reader, deadline) => close,
@@ -249,6 +250,10 @@ struct Session {
     answering: InFlight,
     /// The standing `TakeWork` whose dispatches may still come.
     take_request: Option<u64>,
+    /// Whether the connection ever sent a `Watch`: only then can an id be
+    /// a watch's, so other connections (agents) never take the registry's
+    /// watch lock to check their ids.
+    watched: bool,
 }
 
 /// Request ids of one connection whose answer is still to come. At most
@@ -471,7 +476,7 @@ impl Session {
             Some("not yet answered")
         } else if self.take_request == Some(request_id) {
             Some("the standing TakeWork")
-        } else if self.shared.registry.watching(self.id, request_id) {
+        } else if self.watched && self.shared.registry.watching(self.id, request_id) {
             Some("a Watch not yet over")
         } else {
             None
@@ -644,7 +649,10 @@ impl Session {
                     rules: s.tag_rules().to_vec(),
                 })
             })),
-            Message::Watch(m) => Work::Watch(m.target),
+            Message::Watch(m) => {
+                self.watched = true;
+                Work::Watch(m.target)
+            }
             other => {
                 return Err(ErrorAnswer::new(
                     ErrorCode::InvalidArgument,
@@ -703,8 +711,6 @@ impl Session {
     }
 }
 
-/// Starts a watch: `Done`, the current state of each watched job, then
-/// every change (sent by the registry as the driver publishes them).
 /// A `Watch` request: whose, and the connection's requests not yet answered.
 struct WatchRequest {
     connection: u64,
@@ -712,6 +718,8 @@ struct WatchRequest {
     answering: InFlight,
 }
 
+/// Starts a watch: `Done`, the current state of each watched job, then
+/// every change (sent by the registry as the driver publishes them).
 async fn watch(
     driver: &crate::driver::DriverHandle,
     registry: &super::Registry,
