@@ -284,3 +284,90 @@ async fn bad_or_missing_tls_files_are_start_errors_naming_the_file() {
     .await;
     assert!(text.contains("no certificate"), "{text}");
 }
+
+/// A TLS connection made by hand (rustls, ring), offering `alpn`: for what
+/// the Lanes client never does.
+async fn raw_tls(
+    server: &TestServer,
+    certificates: &Certificates,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(certificates.ca()).expect("the CA"))
+        .expect("a CA certificate");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.address()).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
+    connector.connect(name, tcp).await
+}
+
+#[tokio::test]
+async fn alpn_lanes_1_or_none_is_accepted_and_any_other_refused() {
+    let certificates = Certificates::new();
+    let server = tls_server(&certificates, Limits::default()).await;
+    let lanes = raw_tls(&server, &certificates, &[b"lanes/1"])
+        .await
+        .expect("lanes/1 is accepted");
+    assert_eq!(lanes.get_ref().1.alpn_protocol(), Some(&b"lanes/1"[..]));
+    let none = raw_tls(&server, &certificates, &[])
+        .await
+        .expect("no ALPN is accepted");
+    assert_eq!(none.get_ref().1.alpn_protocol(), None);
+    let error = raw_tls(&server, &certificates, &[b"h2"])
+        .await
+        .err()
+        .expect("h2 is refused");
+    assert!(
+        error.to_string().contains("NoApplicationProtocol"),
+        "{error}"
+    );
+    serves(&server, &certificates.client_tls()).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_tls_peer_that_sends_no_hello_gets_the_handshake_error() {
+    use tokio::io::AsyncReadExt;
+    let certificates = Certificates::new();
+    let server = tls_server(
+        &certificates,
+        Limits {
+            handshake_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        },
+    )
+    .await;
+    // TLS done, then no Hello: the protocol's own deadline error, inside TLS.
+    let mut stream = raw_tls(&server, &certificates, &[b"lanes/1"])
+        .await
+        .expect("the TLS handshake");
+    let mut bytes = Vec::new();
+    // The server closes after the error; a missing close_notify is fine.
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+        .await
+        .expect("the server closes the connection");
+    let frame = lanes::protocol::Frame::decode(&bytes).expect("one whole frame");
+    assert_eq!(frame.request_id, 0);
+    match frame.message {
+        lanes::protocol::Message::Error(error) => {
+            assert_eq!(
+                error.code,
+                lanes::model::ErrorCode::Unauthenticated,
+                "{error:?}"
+            );
+            assert!(error.message.contains("no handshake within"), "{error:?}");
+        }
+        other => panic!("expected the handshake error, got {other:?}"),
+    }
+    server.stop().await;
+}
