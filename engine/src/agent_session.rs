@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ConnectOptions};
 use crate::model::{AgentId, JobId, Pair, Report};
 use crate::protocol::{Completion, Dispatch, ErrorAnswer, Message, StopJob};
 
@@ -24,6 +24,8 @@ pub struct AgentConfig {
     /// The first wait after a failed connection; it doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Plain TCP or TLS.
+    pub connect: ConnectOptions,
 }
 
 /// What the engine asks of the agent.
@@ -163,8 +165,13 @@ async fn establish(
     let mut bound = config.backoff_min;
     loop {
         let attempt = async {
-            let client =
-                Client::connect(config.address.as_str(), &config.token, &config.name).await?;
+            let client = Client::connect_with(
+                config.address.as_str(),
+                &config.connect,
+                &config.token,
+                &config.name,
+            )
+            .await?;
             let running = running
                 .iter()
                 .map(|(&job, &attempt)| (job, attempt))

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,12 +35,22 @@ const OUTGOING_MAX: usize = 4_096;
 pub enum ClientError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed: the server's certificate is not trusted or
+    /// does not name the server, the server does not speak TLS, and so on.
+    #[error("TLS handshake with {server_name}: {error}")]
+    Tls {
+        server_name: String,
+        error: std::io::Error,
+    },
     #[error("the server sent a malformed frame: {0}")]
     Protocol(#[from] DecodeError),
     #[error("{}: {}", .0.code, .0.message)]
     Server(ErrorAnswer),
     #[error("the connection is closed; the outcome of requests in flight is unknown")]
     Closed,
+    /// The server answered the `Hello` with a TLS record: it wants TLS.
+    #[error("the server speaks TLS: connect with TLS and a CA to trust (--tls-ca)")]
+    ServerWantsTls,
     #[error("the server answered {got} where {expected} was expected")]
     Unexpected {
         expected: &'static str,
@@ -70,15 +80,74 @@ pub struct Client {
     role: Role,
 }
 
+/// How to reach the engine: plain TCP, or TLS.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// The CAs to trust and the server's name; `None`: plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
+}
+
 impl Client {
-    /// Connects and authenticates with `token`.
+    /// Connects over plain TCP and authenticates with `token`.
     pub async fn connect(
         address: impl ToSocketAddrs,
         token: &[u8],
         name: &str,
     ) -> Result<Client, ClientError> {
-        let mut stream = TcpStream::connect(address).await?;
+        Client::connect_with(address, &ConnectOptions::default(), token, name).await
+    }
+
+    /// Connects over TLS, trusting `tls`'s CAs for its server name, and
+    /// authenticates with `token`.
+    pub async fn connect_tls(
+        address: impl ToSocketAddrs,
+        tls: &crate::tls::ClientTls,
+        token: &[u8],
+        name: &str,
+    ) -> Result<Client, ClientError> {
+        let options = ConnectOptions {
+            tls: Some(tls.clone()),
+        };
+        Client::connect_with(address, &options, token, name).await
+    }
+
+    /// Connects as `options` say and authenticates with `token`.
+    pub async fn connect_with(
+        address: impl ToSocketAddrs,
+        options: &ConnectOptions,
+        token: &[u8],
+        name: &str,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
+        let Some(tls) = &options.tls else {
+            let (reader, writer) = stream.into_split();
+            return Client::start(reader, writer, token, name).await;
+        };
+        let stream = tls
+            .connector()
+            .connect(tls.server_name().clone(), stream)
+            .await
+            .map_err(|error| ClientError::Tls {
+                server_name: tls.server_name().to_str().into_owned(),
+                error,
+            })?;
+        let (reader, writer) = tokio::io::split(stream);
+        Client::start(reader, writer, token, name).await
+    }
+
+    /// The handshake on a connected stream, then the reader and writer
+    /// tasks.
+    async fn start<R, W>(
+        mut reader: R,
+        mut writer: W,
+        token: &[u8],
+        name: &str,
+    ) -> Result<Client, ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             token: token.to_vec(),
@@ -88,12 +157,16 @@ impl Client {
         Frame::new(1, hello)
             .encode(&mut bytes, FRAME_LENGTH_MAX)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        stream.write_all(&bytes).await?;
+        writer.write_all(&bytes).await?;
+        writer.flush().await?;
         let mut buffer = Vec::new();
-        let role = match read_frame(&mut stream, &mut buffer)
-            .await?
-            .map(|frame| frame.message)
-        {
+        let answer = read_frame(&mut reader, &mut buffer).await;
+        // A TLS server answers a plain Hello with an alert record (type 21,
+        // version 3.x), which reads as an incomplete frame.
+        if answer.is_err() && buffer.starts_with(&[0x15, 0x03]) {
+            return Err(ClientError::ServerWantsTls);
+        }
+        let role = match answer?.map(|frame| frame.message) {
             Some(Message::HelloOk(ok)) => ok.role,
             Some(Message::Error(error)) => return Err(ClientError::Server(error)),
             Some(other) => {
@@ -104,11 +177,14 @@ impl Client {
             }
             None => return Err(ClientError::Closed),
         };
-        let (reader, mut writer) = stream.into_split();
         let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(OUTGOING_MAX);
         tokio::spawn(async move {
             while let Some(bytes) = queue.recv().await {
                 if writer.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                // A stream that buffers (TLS) sends once the queue drains.
+                if queue.is_empty() && writer.flush().await.is_err() {
                     return;
                 }
             }
@@ -350,8 +426,8 @@ fn unexpected(expected: &'static str, got: &Message) -> ClientError {
     }
 }
 
-async fn read_answers(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+async fn read_answers<R: AsyncRead + Unpin>(
+    mut reader: R,
     mut buffer: Vec<u8>,
     pending: Pending,
     pushes: mpsc::Sender<Frame>,

@@ -15,6 +15,8 @@
 //!   records, syncs once per batch, then answers and publishes.
 //! - [`server`]: connections, handshake, roles, limits; requests become
 //!   commands, dispatches become pushes.
+//! - [`tls`]: optional TLS (rustls): PEM files into server and client
+//!   configurations. No sockets.
 //!
 //! - [`client`]: the typed async client for submitters, operators, agents;
 //!   [`agent_session`]: an agent's session that reconnects with backoff and
@@ -33,4 +35,5 @@ pub mod replay;
 pub mod runner;
 pub mod sched;
 pub mod server;
+pub mod tls;
 pub mod triggers;

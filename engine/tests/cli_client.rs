@@ -27,6 +27,10 @@ struct Engine {
 }
 
 async fn engine() -> Engine {
+    engine_with(None).await
+}
+
+async fn engine_with(tls: Option<lanes::tls::TlsFiles>) -> Engine {
     let folder = tempfile::tempdir().unwrap();
     let running = server::start(EngineConfig {
         data: folder.path().join("data"),
@@ -37,6 +41,7 @@ async fn engine() -> Engine {
         tokens: Tokens::open(),
         limits: Limits::default(),
         repair: false,
+        tls,
     })
     .await
     .expect("the engine starts");
@@ -76,6 +81,8 @@ fn command(engine: &Engine, args: &[&str]) -> Command {
         .args(args)
         .env("LANES_SERVER", &engine.address)
         .env_remove("LANES_TOKEN")
+        .env_remove("LANES_TLS_CA")
+        .env_remove("LANES_TLS_SERVER_NAME")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -597,5 +604,73 @@ async fn agent_drains_on_the_first_signal_and_terminates_on_the_second() {
     assert_eq!(
         hung["status"]["state"], "RUNNING",
         "not reported: its lease lapses and it gets another attempt"
+    );
+}
+
+/// A CA and a certificate for `localhost` it signed, as PEM files in
+/// `folder`: (the CA file, the server's files).
+fn tls_files(folder: &Path) -> (PathBuf, lanes::tls::TlsFiles) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let files = lanes::tls::TlsFiles {
+        cert: folder.join("server.pem"),
+        key: folder.join("server.key"),
+    };
+    std::fs::write(folder.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(&files.cert, server.pem()).unwrap();
+    std::fs::write(&files.key, server_key.serialize_pem()).unwrap();
+    (folder.join("ca.pem"), files)
+}
+
+#[tokio::test]
+async fn over_tls_the_commands_and_the_agent_work_with_the_ca() {
+    let certificates = tempfile::tempdir().unwrap();
+    let (ca, files) = tls_files(certificates.path());
+    let engine = engine_with(Some(files)).await;
+    let ca = ca.to_str().unwrap();
+    let tls = ["--tls-ca", ca, "--tls-server-name", "localhost"];
+
+    let listed = lanes(&engine, &[&["queue", "list"][..], &tls].concat()).await;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(listed.stdout.starts_with("QUEUE"), "{listed:?}");
+
+    // Without the CA: a connection error, exit 2, that says what to do.
+    let plain = lanes(&engine, &["queue", "list"]).await;
+    assert_eq!(plain.code, 2, "{plain:?}");
+    assert!(plain.stderr.contains("connecting to"), "{plain:?}");
+
+    // An agent over TLS runs a job submitted over TLS.
+    let log = engine.folder.path().join("tls-agent.log");
+    let _agent = command(
+        &engine,
+        &[&["agent", "--name", "tls-agent"][..], &tls].concat(),
+    )
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let submitted = lanes(
+        &engine,
+        &[
+            &["submit", "--wait"][..],
+            &tls,
+            &["--", "sh", "-c", "exit 0"],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        submitted.code,
+        0,
+        "{submitted:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }

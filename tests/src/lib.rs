@@ -25,6 +25,8 @@ pub struct Options {
     pub lease_ms: u64,
     pub limits: Limits,
     pub durability: Durability,
+    /// Serve TLS with these files; `None`: plain TCP.
+    pub tls: Option<lanes::tls::TlsFiles>,
 }
 
 impl Default for Options {
@@ -33,6 +35,7 @@ impl Default for Options {
             lease_ms: 30_000,
             limits: Limits::default(),
             durability: Durability::Sync,
+            tls: None,
         }
     }
 }
@@ -125,6 +128,7 @@ async fn start_in(data: &std::path::Path, options: &Options) -> Running {
         tokens,
         limits: options.limits.clone(),
         repair: false,
+        tls: options.tls.clone(),
     })
     .await
     .expect("the engine starts")

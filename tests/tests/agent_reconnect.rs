@@ -24,6 +24,7 @@ async fn start(data: &Path, listen: SocketAddr) -> Running {
         tokens: Tokens::open(),
         limits: Limits::default(),
         repair: false,
+        tls: None,
     })
     .await
     .expect("the engine starts")
@@ -52,6 +53,7 @@ async fn agent_reconnects_after_a_restart_and_its_job_keeps_its_lease() {
         slots: 1,
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
+        connect: Default::default(),
     })
     .await;
     agent.take_work(1).await;

@@ -108,6 +108,84 @@ async fn malformed_body_is_answered_under_its_request_id_and_the_connection_stay
     server.stop().await;
 }
 
+/// docs/PROTOCOL.md, "Requests, answers and pipelining": an id still in
+/// flight (a `Watch` not yet over, the standing `TakeWork`) may not be
+/// reused; the reuse is refused under id 0, changes nothing, and closes the
+/// connection. An answered id, or a `TakeWork` replaced by a newer one, is
+/// free again.
+#[tokio::test]
+async fn a_request_id_still_in_flight_is_refused_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let job = admin
+        .submit(lanes_tests::one_job(JobOptions::default()))
+        .await
+        .expect("submit")
+        .first_job;
+    let refused = |error: &lanes::protocol::ErrorAnswer, id: u64| {
+        assert_eq!(error.code, ErrorCode::InvalidArgument, "{error:?}");
+        assert!(
+            error
+                .message
+                .contains(&format!("request id {id} is already in flight")),
+            "{}",
+            error.message
+        );
+    };
+
+    // A watch not yet over: the job waits for an agent.
+    let mut raw = Raw::authenticated(server.address(), ADMIN).await;
+    let watch = lanes::protocol::Watch {
+        target: lanes::protocol::WatchTarget::Job(job),
+    };
+    raw.send(5, watch).await.expect("send");
+    assert!(matches!(raw.frame().await.message, Message::Done(_)));
+    assert!(matches!(raw.frame().await.message, Message::JobUpdate(u) if !u.last));
+    raw.send(5, lanes::protocol::CancelJob { job })
+        .await
+        .expect("send");
+    let (request_id, error) = error_then_close(&mut raw).await;
+    assert_eq!(request_id, 0);
+    refused(&error, 5);
+    let status = admin.job(job).await.expect("get job").status;
+    assert_eq!(outcome(&status), None, "the refused cancel changed nothing");
+
+    // The standing TakeWork, until a newer one replaces it.
+    let mut raw = Raw::authenticated(server.address(), AGENT).await;
+    let register = lanes::protocol::Register {
+        name: "agent-1".to_string(),
+        pools: vec!["default".to_string()],
+        labels: vec![],
+        slots: 1,
+        running: vec![],
+    };
+    raw.send(2, register).await.expect("send");
+    assert!(matches!(raw.frame().await.message, Message::Registered(_)));
+    raw.send(3, lanes::protocol::TakeWork { count: 1 })
+        .await
+        .expect("send");
+    assert!(matches!(raw.frame().await.message, Message::Done(_)));
+    assert!(matches!(raw.frame().await.message, Message::Dispatch(d) if d.job == job));
+    raw.send(4, lanes::protocol::TakeWork { count: 1 })
+        .await
+        .expect("send");
+    assert!(matches!(raw.frame().await.message, Message::Done(_)));
+    // 3 is free again; so is 6 once answered.
+    for id in [3, 6, 6] {
+        raw.send(id, lanes::protocol::Heartbeat)
+            .await
+            .expect("send");
+        let answer = raw.frame().await;
+        assert_eq!(answer.request_id, id);
+        assert!(matches!(answer.message, Message::Done(_)), "{answer:?}");
+    }
+    raw.send(4, lanes::protocol::Heartbeat).await.expect("send");
+    let (request_id, error) = error_then_close(&mut raw).await;
+    assert_eq!(request_id, 0);
+    refused(&error, 4);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn broken_framing_closes_the_connection_with_an_error_under_id_zero() {
     let server = TestServer::start().await;

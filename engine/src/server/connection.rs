@@ -7,13 +7,17 @@
 //! [`Limits::output_bytes_max`] instead of growing the server's memory.
 //! Nothing is allocated in proportion to a length the peer declared: a frame
 //! is only read into memory once its length passed the current limit.
+//!
+//! Plain TCP and TLS share this code: the reading and writing halves are
+//! generic streams. The TLS handshake runs here, in the connection's own
+//! task and under the handshake deadline, never in the accept loop.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use rustc_hash::FxHashSet;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::{timeout, Instant};
@@ -110,6 +114,9 @@ impl Output {
     }
 }
 
+/// Serves an accepted TCP stream: TLS first if configured, then the
+/// protocol. One deadline covers the TLS handshake and the `Hello`
+/// together, so a peer that stalls either one holds nothing for longer.
 pub(super) async fn run(
     id: u64,
     stream: TcpStream,
@@ -117,7 +124,45 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut reader, writer) = stream.into_split();
+    let deadline = Instant::now() + shared.limits.handshake_timeout;
+    let Some(acceptor) = shared.tls.clone() else {
+        let (reader, writer) = stream.into_split();
+        return serve_stream(id, reader, writer, peer, shared, shutdown, deadline).await;
+    };
+    let accepted = tokio::select! {
+        accepted = timeout_at(deadline, acceptor.accept(stream)) => accepted,
+        _ = super::stopped(&mut shutdown) => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => {
+            let (reader, writer) = tokio::io::split(stream);
+            serve_stream(id, reader, writer, peer, shared, shutdown, deadline).await
+        }
+        // No frame can tell the peer why: there is no channel to send it on.
+        Ok(Err(error)) => {
+            tracing::debug!(connection = id, %peer, %error, "TLS handshake failed: closing");
+        }
+        Err(()) => tracing::debug!(
+            connection = id,
+            %peer,
+            "no TLS handshake within {} ms: closing",
+            shared.limits.handshake_timeout.as_millis()
+        ),
+    }
+}
+
+async fn serve_stream<R, W>(
+    id: u64,
+    mut reader: R,
+    writer: W,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    deadline: Instant,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (frames, queue) = mpsc::channel(OUTPUT_FRAMES_MAX);
     let queued = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(Notify::new());
@@ -135,9 +180,12 @@ pub(super) async fn run(
         output: output.clone(),
         role: None,
         agent: None,
+        answering: InFlight::default(),
+        take_request: None,
+        watched: false,
     };
     let close = tokio::select! {
-        close = session.serve(&mut reader) => close,
+        close = session.serve(&mut reader, deadline) => close,
         _ = super::stopped(&mut shutdown) => Close::Server,
         _ = refused.notified() => {
             tracing::warn!(connection = id, %peer, "the client does not read its answers: disconnecting");
@@ -172,8 +220,8 @@ pub(super) async fn run(
     }
 }
 
-async fn write_frames(
-    mut writer: OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut queue: mpsc::Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
 ) {
@@ -183,6 +231,11 @@ async fn write_frames(
             return;
         }
         queued.fetch_sub(length, Ordering::AcqRel);
+        // A stream that buffers (TLS) sends what it holds once the queue
+        // is drained; a batch of frames still goes out together.
+        if queue.is_empty() && writer.flush().await.is_err() {
+            return;
+        }
     }
     let _ = writer.shutdown().await;
 }
@@ -193,14 +246,52 @@ struct Session {
     output: Output,
     role: Option<Role>,
     agent: Option<AgentId>,
+    /// Requests handed to a task of their own and not yet answered.
+    answering: InFlight,
+    /// The standing `TakeWork` whose dispatches may still come.
+    take_request: Option<u64>,
+    /// Whether the connection ever sent a `Watch`: only then can an id be
+    /// a watch's, so other connections (agents) never take the registry's
+    /// watch lock to check their ids.
+    watched: bool,
+}
+
+/// Request ids of one connection whose answer is still to come. At most
+/// [`super::Limits::requests_in_flight_max`]: an id enters with a permit
+/// and leaves, before its answer is queued, with it.
+#[derive(Clone, Debug, Default)]
+struct InFlight(Arc<std::sync::Mutex<FxHashSet<u64>>>);
+
+impl InFlight {
+    fn ids(&self) -> std::sync::MutexGuard<'_, FxHashSet<u64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn contains(&self, request_id: u64) -> bool {
+        self.ids().contains(&request_id)
+    }
+
+    fn insert(&self, request_id: u64) {
+        let inserted = self.ids().insert(request_id);
+        assert!(
+            inserted,
+            "request id {request_id} was checked not in flight"
+        );
+    }
+
+    /// Before the answer is queued: once the client has it, the id is free.
+    fn remove(&self, request_id: u64) {
+        let removed = self.ids().remove(&request_id);
+        assert!(removed, "request id {request_id} was in flight");
+    }
 }
 
 impl Session {
-    async fn serve(&mut self, reader: &mut tokio::net::tcp::OwnedReadHalf) -> Close {
+    async fn serve<R: AsyncRead + Unpin>(&mut self, reader: &mut R, deadline: Instant) -> Close {
         let limits = self.shared.limits.clone();
         let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-        // The handshake: one Hello, within the deadline, in a small frame.
-        let deadline = Instant::now() + limits.handshake_timeout;
+        // The handshake: one Hello, within the deadline (which the TLS
+        // handshake, if any, shares), in a small frame.
         let hello = match timeout_at(
             deadline,
             next_frame(
@@ -271,6 +362,17 @@ impl Session {
                 Err(close) => return close,
             };
             let request_id = frame.request_id;
+            if let Some(standing) = self.in_flight(request_id) {
+                // Its answers could no longer be told apart: the connection
+                // ends, and this request changes nothing.
+                return connection_error(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "request id {request_id} is already in flight on this connection \
+                         ({standing}): ids must be unique among requests in flight"
+                    ),
+                );
+            }
             let message_type = frame.message.message_type();
             let role = self.role.expect("authenticated");
             if message_type == MessageType::Hello {
@@ -316,6 +418,7 @@ impl Session {
                 }
             };
             let output = self.output.clone();
+            self.answering.insert(request_id);
             let mut answering = Box::pin(async move {
                 let (request_id, message) = job.await;
                 if let Some(message) = message {
@@ -363,6 +466,21 @@ impl Session {
         );
         tracing::debug!(connection = self.id, client = %hello.client_name, role = role_name(role), "handshake done");
         Ok(())
+    }
+
+    /// Whether `request_id` is in flight, and as what: a request not yet
+    /// answered, the standing `TakeWork`, or a `Watch` not yet over
+    /// (docs/PROTOCOL.md, "Requests, answers and pipelining").
+    fn in_flight(&self, request_id: u64) -> Option<&'static str> {
+        if self.answering.contains(request_id) {
+            Some("not yet answered")
+        } else if self.take_request == Some(request_id) {
+            Some("the standing TakeWork")
+        } else if self.watched && self.shared.registry.watching(self.id, request_id) {
+            Some("a Watch not yet over")
+        } else {
+            None
+        }
     }
 
     fn answer(&self, request_id: u64, message: impl Into<Message>) {
@@ -414,6 +532,8 @@ impl Session {
                 if let Some(previous) = self.agent.replace(agent) {
                     self.shared.registry.unbind(previous, self.id);
                 }
+                // A new registration starts without a request for work.
+                self.take_request = None;
                 self.shared.registry.bind(
                     agent,
                     AgentLink {
@@ -434,7 +554,7 @@ impl Session {
 
     /// Turns a request into the work that answers it.
     fn request(
-        &self,
+        &mut self,
         request_id: u64,
         message: Message,
     ) -> Result<
@@ -462,6 +582,7 @@ impl Session {
         let registry = self.shared.registry.clone();
         let output = self.output.clone();
         let connection = self.id;
+        let answering = self.answering.clone();
         let work = match message {
             Message::SubmitRun(m) => Work::Command(Command::SubmitRun(m.spec)),
             Message::AppendJobs(m) => Work::Command(Command::AppendJobs {
@@ -487,6 +608,8 @@ impl Session {
                 self.shared
                     .registry
                     .set_take_request(agent, self.id, request_id);
+                // `count = 0` withdraws: no dispatch comes under its id.
+                self.take_request = (m.count > 0).then_some(request_id);
                 Work::Take(
                     agent,
                     Command::TakeWork {
@@ -526,7 +649,10 @@ impl Session {
                     rules: s.tag_rules().to_vec(),
                 })
             })),
-            Message::Watch(m) => Work::Watch(m.target),
+            Message::Watch(m) => {
+                self.watched = true;
+                Work::Watch(m.target)
+            }
             other => {
                 return Err(ErrorAnswer::new(
                     ErrorCode::InvalidArgument,
@@ -540,12 +666,19 @@ impl Session {
         Ok(async move {
             let message = match work {
                 Work::Watch(target) => {
-                    watch(&driver, &registry, &output, connection, request_id, target).await;
+                    let watch_request = WatchRequest {
+                        connection,
+                        request_id,
+                        answering,
+                    };
+                    watch(&driver, &registry, &output, watch_request, target).await;
                     return (request_id, None);
                 }
                 Work::Command(command) => command_answer(&driver, command).await,
                 Work::Take(agent, command) => {
-                    output.send(request_id, command_answer(&driver, command).await);
+                    let answer = command_answer(&driver, command).await;
+                    answering.remove(request_id);
+                    output.send(request_id, answer);
                     registry.take_answered(agent, connection, request_id);
                     return (request_id, None);
                 }
@@ -572,9 +705,17 @@ impl Session {
                     Err(_) => Message::Error(unavailable()),
                 },
             };
+            answering.remove(request_id);
             (request_id, Some(message))
         })
     }
+}
+
+/// A `Watch` request: whose, and the connection's requests not yet answered.
+struct WatchRequest {
+    connection: u64,
+    request_id: u64,
+    answering: InFlight,
 }
 
 /// Starts a watch: `Done`, the current state of each watched job, then
@@ -583,11 +724,19 @@ async fn watch(
     driver: &crate::driver::DriverHandle,
     registry: &super::Registry,
     output: &Output,
-    connection: u64,
-    request_id: u64,
+    request: WatchRequest,
     target: WatchTarget,
 ) {
-    if !registry.watch(target, connection, request_id, output.clone()) {
+    let WatchRequest {
+        connection,
+        request_id,
+        answering,
+    } = request;
+    let registered = registry.watch(target, connection, request_id, output.clone());
+    // From here the registry's record of the watch keeps its id in flight,
+    // until its last update.
+    answering.remove(request_id);
+    if !registered {
         let max = super::registry::WATCHES_MAX;
         output.send(
             request_id,
@@ -652,14 +801,17 @@ async fn watch(
             return;
         }
     };
-    output.send(request_id, Done);
     let over = updates.iter().any(|update| update.last);
+    if over {
+        // Ended before its last update is queued: once the client has it,
+        // the id is free.
+        registry.unwatch(target, connection, request_id);
+    }
+    output.send(request_id, Done);
     for update in updates {
         output.send(request_id, update);
     }
-    if over {
-        registry.unwatch(target, connection, request_id);
-    } else {
+    if !over {
         registry.activate(target, connection, request_id);
     }
 }
@@ -725,8 +877,8 @@ async fn timeout_at<F: std::future::Future>(deadline: Instant, future: F) -> Res
 /// request id 0 close the connection, with an error under id 0 saying what:
 /// answers could no longer be matched. A sound header with a body that
 /// does not decode is [`Incoming::Malformed`]: only that request fails.
-async fn next_frame(
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
+async fn next_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
     buffer: &mut Vec<u8>,
     frame_length_max: usize,
     idle: Option<std::time::Duration>,

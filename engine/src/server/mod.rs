@@ -78,6 +78,8 @@ impl Default for Limits {
 pub struct ServerConfig {
     pub tokens: Tokens,
     pub limits: Limits,
+    /// TLS on every connection; `None`: plain TCP.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// What every connection shares.
@@ -86,6 +88,8 @@ struct Shared {
     registry: Arc<Registry>,
     tokens: Tokens,
     limits: Limits,
+    /// Wraps each accepted stream in TLS, inside its connection's task.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     next_connection: AtomicU64,
 }
 
@@ -105,6 +109,7 @@ pub async fn serve(
         registry,
         tokens: config.tokens,
         limits: config.limits,
+        tls: config.tls.map(tokio_rustls::TlsAcceptor::from),
         next_connection: AtomicU64::new(1),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -164,6 +169,8 @@ pub struct EngineConfig {
     /// Cut a damaged log or pass over a damaged snapshot instead of
     /// refusing to start.
     pub repair: bool,
+    /// Serve TLS with this certificate and key; `None`: plain TCP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +190,9 @@ pub enum EngineError {
         "refusing to listen on {0} without tokens: configure tokens, or listen on loopback only"
     )]
     OpenToNetwork(SocketAddr),
+    /// Not `#[from]`: the message holds the whole cause once.
+    #[error("TLS: {0}")]
+    Tls(crate::tls::TlsError),
     #[error("the engine stopped while starting")]
     Stopped,
 }
@@ -203,6 +213,13 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
     if config.tokens.is_open() && !is_loopback(&config.listen) {
         return Err(EngineError::OpenToNetwork(config.listen));
     }
+    // Before anything is opened: a bad certificate or key is a start error.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()
+        .map_err(EngineError::Tls)?;
     let data = config.data.clone();
     let scheduler_config = config.scheduler.clone();
     let repair = config.repair;
@@ -257,6 +274,7 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
     let server = ServerConfig {
         tokens: config.tokens,
         limits: config.limits,
+        tls,
     };
     let serving = tokio::spawn(serve(listener, driver.handle(), registry, server, stop));
     tracing::info!(%address, "listening");

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use rustc_hash::FxHashSet;
+
 use crate::driver::{Notice, Publisher, Watched};
 use crate::model::{AgentId, JobId, RunId};
 use crate::protocol::{Dispatch, Frame, JobUpdate, Message, StopJob, WatchTarget};
@@ -47,10 +49,44 @@ struct Watcher {
 /// Watches a connection may hold at once.
 pub(crate) const WATCHES_MAX: usize = 64;
 
+/// The watches of every connection: by target, for the pushes, and by
+/// connection and request id, so a connection asks "is this id a watch
+/// in flight" without a scan. The two always hold the same watches.
+#[derive(Debug, Default)]
+struct Watchers {
+    by_target: HashMap<WatchTarget, Vec<Watcher>>,
+    requests: FxHashSet<(u64, u64)>,
+}
+
+impl Watchers {
+    /// Keeps the watches of `target` for which `keep` holds; the number
+    /// ended.
+    fn retain(&mut self, target: WatchTarget, mut keep: impl FnMut(&Watcher) -> bool) -> usize {
+        let Some(list) = self.by_target.get_mut(&target) else {
+            return 0;
+        };
+        let before = list.len();
+        let requests = &mut self.requests;
+        list.retain(|w| {
+            let kept = keep(w);
+            if !kept {
+                let removed = requests.remove(&(w.connection, w.request));
+                assert!(removed, "a watch is indexed by its request");
+            }
+            kept
+        });
+        let ended = before - list.len();
+        if list.is_empty() {
+            self.by_target.remove(&target);
+        }
+        ended
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: RwLock<HashMap<AgentId, AgentLink>>,
-    watchers: Mutex<HashMap<WatchTarget, Vec<Watcher>>>,
+    watchers: Mutex<Watchers>,
     watched: Arc<Watched>,
 }
 
@@ -64,7 +100,7 @@ impl Registry {
         self.watched.clone()
     }
 
-    fn watchers(&self) -> MutexGuard<'_, HashMap<WatchTarget, Vec<Watcher>>> {
+    fn watchers(&self) -> MutexGuard<'_, Watchers> {
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -79,14 +115,19 @@ impl Registry {
     ) -> bool {
         let mut watchers = self.watchers();
         let held = watchers
-            .values()
-            .flatten()
-            .filter(|w| w.connection == connection)
+            .requests
+            .iter()
+            .filter(|(c, _)| *c == connection)
             .count();
         if held >= WATCHES_MAX {
             return false;
         }
-        watchers.entry(target).or_default().push(Watcher {
+        let added = watchers.requests.insert((connection, request));
+        assert!(
+            added,
+            "the connection checked the request id is not in flight"
+        );
+        watchers.by_target.entry(target).or_default().push(Watcher {
             connection,
             request,
             output,
@@ -101,7 +142,7 @@ impl Registry {
     /// The watch's first answer is out: send what waited, then go live.
     pub(crate) fn activate(&self, target: WatchTarget, connection: u64, request: u64) {
         let mut watchers = self.watchers();
-        let Some(list) = watchers.get_mut(&target) else {
+        let Some(list) = watchers.by_target.get_mut(&target) else {
             return;
         };
         let mut over = false;
@@ -115,46 +156,48 @@ impl Registry {
             }
         }
         if over {
-            list.retain(|w| !(w.connection == connection && w.request == request));
+            watchers.retain(target, |w| {
+                !(w.connection == connection && w.request == request)
+            });
             drop(watchers);
             let (job, run) = split(target);
             self.watched.remove(job, run);
         }
     }
 
+    /// Whether the connection has a watch under `request` not yet over.
+    pub(crate) fn watching(&self, connection: u64, request: u64) -> bool {
+        self.watchers().requests.contains(&(connection, request))
+    }
+
     /// Ends a watch (it is over, or its connection closed).
     pub(crate) fn unwatch(&self, target: WatchTarget, connection: u64, request: u64) {
         let mut watchers = self.watchers();
-        if let Some(list) = watchers.get_mut(&target) {
-            let before = list.len();
-            list.retain(|w| !(w.connection == connection && w.request == request));
-            if list.len() < before {
-                let (job, run) = split(target);
-                self.watched.remove(job, run);
-            }
-            if list.is_empty() {
-                watchers.remove(&target);
-            }
+        if watchers.retain(target, |w| {
+            !(w.connection == connection && w.request == request)
+        }) > 0
+        {
+            let (job, run) = split(target);
+            self.watched.remove(job, run);
         }
     }
 
     /// Ends every watch of a closed connection.
     pub(crate) fn unwatch_connection(&self, connection: u64) {
         let mut watchers = self.watchers();
-        for (target, list) in watchers.iter_mut() {
-            let before = list.len();
-            list.retain(|w| w.connection != connection);
-            let (job, run) = split(*target);
-            for _ in list.len()..before {
+        let targets: Vec<WatchTarget> = watchers.by_target.keys().copied().collect();
+        for target in targets {
+            let ended = watchers.retain(target, |w| w.connection != connection);
+            let (job, run) = split(target);
+            for _ in 0..ended {
                 self.watched.remove(job, run);
             }
         }
-        watchers.retain(|_, list| !list.is_empty());
     }
 
     fn notify(&self, target: WatchTarget, update: &JobUpdate) {
         let mut watchers = self.watchers();
-        let Some(list) = watchers.get_mut(&target) else {
+        let Some(list) = watchers.by_target.get_mut(&target) else {
             return;
         };
         for watcher in list.iter_mut() {
@@ -166,11 +209,7 @@ impl Registry {
             }
         }
         if update.last {
-            let ended = list.iter().filter(|w| w.pending.is_none()).count();
-            list.retain(|w| w.pending.is_some());
-            if list.is_empty() {
-                watchers.remove(&target);
-            }
+            let ended = watchers.retain(target, |w| w.pending.is_some());
             drop(watchers);
             let (job, run) = split(target);
             for _ in 0..ended {

@@ -15,7 +15,7 @@ use lanes::runner::{self, Output, RunnerConfig, Shutdown, WorkConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::common::{parse_duration, parse_pair, EXIT_REFUSED};
+use crate::common::{connect_options, parse_duration, parse_pair, EXIT_REFUSED};
 
 /// The first wait after a failed connection; it doubles up to the maximum.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -36,6 +36,14 @@ pub struct AgentArgs {
         hide_default_value = true
     )]
     token: String,
+    /// Speak TLS, trusting the CA certificates of this PEM file (and no
+    /// others). Without it: plain TCP.
+    #[arg(long, env = "LANES_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The name the engine's certificate must carry. Default: the host of
+    /// --server.
+    #[arg(long, env = "LANES_TLS_SERVER_NAME", value_name = "NAME")]
+    tls_server_name: Option<String>,
     /// Identifies the agent across connections and restarts: give each agent
     /// its own. Default: HOSTNAME-PID.
     #[arg(long, env = "LANES_AGENT_NAME")]
@@ -82,7 +90,19 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // refuses (a bad name, pool or label) is an error now, not a warning
     // repeated every few seconds. Registering here is what the session does
     // next anyway (with no running jobs).
-    match Client::connect(args.server.as_str(), args.token.as_bytes(), &name).await {
+    let connect_options = connect_options(
+        &args.server,
+        args.tls_ca.as_deref(),
+        args.tls_server_name.as_deref(),
+    )?;
+    match Client::connect_with(
+        args.server.as_str(),
+        &connect_options,
+        args.token.as_bytes(),
+        &name,
+    )
+    .await
+    {
         Ok(client) if !matches!(client.role(), Role::Agent | Role::Admin) => {
             eprintln!(
                 "error: the token grants the {:?} role; an agent needs the agent or admin role",
@@ -144,6 +164,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         slots: args.slots,
         backoff_min: BACKOFF_MIN,
         backoff_max: BACKOFF_MAX,
+        connect: connect_options,
     });
     let mut stop = shutdown.clone();
     let session = tokio::select! {

@@ -2,13 +2,15 @@
 //! of flag values, and the exit codes (docs/OPERATIONS.md, "Exit codes").
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
-use lanes::client::{Client, ClientError};
+use anyhow::{bail, Context};
+use lanes::client::{Client, ClientError, ConnectOptions};
 use lanes::model::{Pair, Priority};
+use lanes::tls::ClientTls;
 
 /// The engine refused the request (its code and message are printed).
 pub const EXIT_REFUSED: u8 = 1;
@@ -39,6 +41,19 @@ pub struct ClientOptions {
         global = true
     )]
     pub token: String,
+    /// Speak TLS, trusting the CA certificates of this PEM file (and no
+    /// others). Without it: plain TCP.
+    #[arg(long, env = "LANES_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the engine's certificate must carry. Default: the host of
+    /// --server.
+    #[arg(
+        long,
+        env = "LANES_TLS_SERVER_NAME",
+        value_name = "NAME",
+        global = true
+    )]
+    pub tls_server_name: Option<String>,
     /// Print one JSON document on stdout instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -46,7 +61,19 @@ pub struct ClientOptions {
 
 impl ClientOptions {
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        match Client::connect(self.server.as_str(), self.token.as_bytes(), "lanes-cli").await {
+        let options = connect_options(
+            &self.server,
+            self.tls_ca.as_deref(),
+            self.tls_server_name.as_deref(),
+        )?;
+        match Client::connect_with(
+            self.server.as_str(),
+            &options,
+            self.token.as_bytes(),
+            "lanes-cli",
+        )
+        .await
+        {
             Ok(client) => Ok(client),
             // Kept as it is: `exit_code_of` looks for the refusal.
             Err(error @ ClientError::Server(_)) => {
@@ -56,6 +83,29 @@ impl ClientOptions {
             Err(error) => Err(anyhow::anyhow!("connecting to {}: {error}", self.server)),
         }
     }
+}
+
+/// Plain TCP, or TLS trusting the CA file `tls_ca` for `tls_server_name`
+/// (default: the host of `server`).
+pub fn connect_options(
+    server: &str,
+    tls_ca: Option<&Path>,
+    tls_server_name: Option<&str>,
+) -> anyhow::Result<ConnectOptions> {
+    let Some(ca) = tls_ca else {
+        if tls_server_name.is_some() {
+            bail!("--tls-server-name needs --tls-ca: the CA to trust for TLS");
+        }
+        return Ok(ConnectOptions::default());
+    };
+    let host = server
+        .rsplit_once(':')
+        .map_or(server, |(host, _port)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let tls = ClientTls::from_ca_file(ca, tls_server_name.unwrap_or(host))
+        .map_err(|error| anyhow::anyhow!("--tls-ca: {error}"))?;
+    Ok(ConnectOptions { tls: Some(tls) })
 }
 
 /// Runs a client command on a runtime of its own.

@@ -11,6 +11,7 @@ use lanes::log::{verify, SledStore};
 use lanes::protocol::Role;
 use lanes::sched::{Command, SchedulerConfig};
 use lanes::server::{self, EngineConfig, Tokens};
+use lanes::tls::TlsFiles;
 use lanes::triggers::{self, Triggers};
 
 use crate::config::{self, Config, Rules};
@@ -53,6 +54,23 @@ pub struct ServeArgs {
     /// snapshot, instead of refusing to start. Says exactly what it drops.
     #[arg(long)]
     repair: bool,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Without both: plain TCP.
+    #[arg(
+        long,
+        env = "LANES_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "LANES_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 pub fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -260,6 +278,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokens,
         limits: file.limits,
         repair: args.repair,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .or(file.tls)
+            .map(|(cert, key)| TlsFiles { cert, key }),
     };
     let running = server::start(config)
         .await
