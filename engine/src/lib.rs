@@ -15,6 +15,8 @@
 //!   records, syncs once per batch, then answers and publishes.
 //! - [`server`]: connections, handshake, roles, limits; requests become
 //!   commands, dispatches become pushes.
+//! - [`http`]: the operators' HTTP listener: `/metrics`, `/livez`,
+//!   `/readyz`; [`metrics`]: every metric name and the engine's recorder.
 //!
 //! - [`client`]: the typed async client for submitters, operators, agents;
 //!   [`agent_session`]: an agent's session that reconnects with backoff and
@@ -26,7 +28,9 @@
 pub mod agent_session;
 pub mod client;
 pub mod driver;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod replay;

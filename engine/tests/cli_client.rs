@@ -37,6 +37,7 @@ async fn engine() -> Engine {
         tokens: Tokens::open(),
         limits: Limits::default(),
         repair: false,
+        http: None,
     })
     .await
     .expect("the engine starts");

@@ -25,6 +25,8 @@ pub struct Options {
     pub lease_ms: u64,
     pub limits: Limits,
     pub durability: Durability,
+    /// The HTTP listener (`/metrics`, `/livez`, `/readyz`); none by default.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -33,6 +35,7 @@ impl Default for Options {
             lease_ms: 30_000,
             limits: Limits::default(),
             durability: Durability::Sync,
+            http: None,
         }
     }
 }
@@ -125,6 +128,7 @@ async fn start_in(data: &std::path::Path, options: &Options) -> Running {
         tokens,
         limits: options.limits.clone(),
         repair: false,
+        http: options.http,
     })
     .await
     .expect("the engine starts")

@@ -24,6 +24,7 @@ async fn start(data: &Path, listen: SocketAddr) -> Running {
         tokens: Tokens::open(),
         limits: Limits::default(),
         repair: false,
+        http: None,
     })
     .await
     .expect("the engine starts")

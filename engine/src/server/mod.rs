@@ -78,6 +78,8 @@ impl Default for Limits {
 pub struct ServerConfig {
     pub tokens: Tokens,
     pub limits: Limits,
+    /// Counts open connections; `None`: not counted.
+    pub metrics: Option<Arc<crate::metrics::EngineMetrics>>,
 }
 
 /// What every connection shares.
@@ -100,6 +102,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Semaphore::new(config.limits.connections_max));
+    let connections_open = config.metrics.as_ref().map(|m| m.connections.clone());
     let shared = Arc::new(Shared {
         driver,
         registry,
@@ -129,8 +132,15 @@ pub async fn serve(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let open = connections_open.clone();
         tasks.spawn(async move {
+            if let Some(open) = &open {
+                open.increment(1.0);
+            }
             connection::run(id, stream, peer, shared, shutdown).await;
+            if let Some(open) = &open {
+                open.decrement(1.0);
+            }
             drop(permit);
         });
         // Reap finished connection tasks so the set stays small.
@@ -164,6 +174,9 @@ pub struct EngineConfig {
     /// Cut a damaged log or pass over a damaged snapshot instead of
     /// refusing to start.
     pub repair: bool,
+    /// The HTTP listener for `/metrics`, `/livez` and `/readyz`; `None`:
+    /// none, and no metrics are recorded.
+    pub http: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +198,8 @@ pub enum EngineError {
     OpenToNetwork(SocketAddr),
     #[error("the engine stopped while starting")]
     Stopped,
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// A running engine: its log, its writer and its listener.
@@ -193,6 +208,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
     driver: crate::driver::Driver,
+    http: Option<crate::http::HttpServer>,
     pub report: crate::replay::StartReport,
 }
 
@@ -202,6 +218,14 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
     use crate::driver::{Driver, DriverConfig, SnapshotPolicy};
     if config.tokens.is_open() && !is_loopback(&config.listen) {
         return Err(EngineError::OpenToNetwork(config.listen));
+    }
+    // Listening first: `/livez` and `/readyz` answer during the replay.
+    let mut http = None;
+    let mut metrics = None;
+    if let Some(address) = config.http {
+        let engine_metrics = crate::metrics::EngineMetrics::new();
+        http = Some(crate::http::HttpServer::start(address, engine_metrics.clone()).await?);
+        metrics = Some(engine_metrics);
     }
     let data = config.data.clone();
     let scheduler_config = config.scheduler.clone();
@@ -226,6 +250,7 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
                 scheduler: config.scheduler.clone(),
             }),
         watched: Some(registry.watched()),
+        metrics: metrics.clone(),
         ..DriverConfig::default()
     };
     let driver = Driver::start(
@@ -257,7 +282,11 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
     let server = ServerConfig {
         tokens: config.tokens,
         limits: config.limits,
+        metrics,
     };
+    if let Some(http) = &http {
+        http.serving(driver.handle(), registry.clone());
+    }
     let serving = tokio::spawn(serve(listener, driver.handle(), registry, server, stop));
     tracing::info!(%address, "listening");
     Ok(Running {
@@ -265,6 +294,7 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
         shutdown,
         serving,
         driver,
+        http,
         report,
     })
 }
@@ -278,15 +308,33 @@ impl Running {
         self.driver.handle()
     }
 
-    /// Stops accepting, closes every connection, finishes the batch in hand,
-    /// makes it durable and closes the log.
+    /// The HTTP listener's address, if it has one.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|http| http.address())
+    }
+
+    /// From now on `/readyz` answers 503 (for good), while the engine goes
+    /// on serving: load balancers stop sending before the engine stops.
+    /// [`Running::stop`] does it first.
+    pub fn withdraw_readiness(&self) {
+        if let Some(http) = &self.http {
+            http.stopping();
+        }
+    }
+
+    /// Fails readiness, stops accepting, closes every connection, finishes
+    /// the batch in hand, makes it durable and closes the log; the HTTP
+    /// listener goes last.
     pub async fn stop(self) -> Result<crate::sched::Scheduler, EngineError> {
+        self.withdraw_readiness();
         let _ = self.shutdown.send(true);
         let _ = self.serving.await;
         let driver = self.driver;
-        let scheduler = tokio::task::spawn_blocking(move || driver.stop())
-            .await
-            .map_err(|_| EngineError::Stopped)??;
+        let stopped = tokio::task::spawn_blocking(move || driver.stop()).await;
+        if let Some(http) = self.http {
+            http.close().await;
+        }
+        let scheduler = stopped.map_err(|_| EngineError::Stopped)??;
         Ok(scheduler)
     }
 }

@@ -39,6 +39,23 @@ pub struct ServeArgs {
     /// snapshot, instead of refusing to start. Says exactly what it drops.
     #[arg(long)]
     repair: bool,
+    /// The HTTP listener for /metrics, /livez and /readyz (no authentication:
+    /// keep it on loopback or a private network); `off`: none.
+    #[arg(long, env = "LANES_HTTP", default_value = "127.0.0.1:9090", value_parser = parse_http)]
+    http: HttpAddress,
+}
+
+/// `--http`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct HttpAddress(Option<std::net::SocketAddr>);
+
+fn parse_http(text: &str) -> Result<HttpAddress, String> {
+    if text == "off" {
+        return Ok(HttpAddress(None));
+    }
+    text.parse()
+        .map(|address| HttpAddress(Some(address)))
+        .map_err(|_| format!("{text:?}: expected an address such as 127.0.0.1:9090, or off"))
 }
 
 fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -214,6 +231,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokens,
         limits: Limits::default(),
         repair: args.repair,
+        http: args.http.0,
     };
     let running = server::start(config)
         .await
@@ -234,6 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         running.address(),
         args.data.display()
     );
+    systemd_notify(sd_notify::NotifyState::Ready);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let driver = running.driver();
     tokio::select! {
@@ -245,6 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ = driver.stopped() => eprintln!("lanes: the engine stopped by itself"),
     }
     eprintln!("lanes: stopping");
+    systemd_notify(sd_notify::NotifyState::Stopping);
     let state = running.stop().await.context("stopping")?;
     eprintln!(
         "lanes: stopped cleanly at sequence {} (state digest {:032x})",
@@ -252,6 +272,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         state.digest()
     );
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) how the engine is; nothing without
+/// `NOTIFY_SOCKET`. A failure to tell is logged, never fatal: the engine
+/// serves either way, and systemd's own timeout reports a missing READY.
+fn systemd_notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(%error, "telling systemd the engine's state failed");
+    }
 }
 
 /// Opens the log of an existing data folder; never creates one.
