@@ -208,84 +208,98 @@ impl EngineMetrics {
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    use Kind::*;
     enum Kind {
-        C,
-        G,
-        H,
+        Counter,
+        Gauge,
+        Histogram,
     }
     let all: [(&'static str, Kind, Option<Unit>, &'static str); 14] = [
         (
             QUEUE_WAITING,
-            G,
+            Kind::Gauge,
             None,
             "Jobs waiting for an agent, per queue.",
         ),
-        (QUEUE_RUNNING, G, None, "Jobs running on agents, per queue."),
+        (
+            QUEUE_RUNNING,
+            Kind::Gauge,
+            None,
+            "Jobs running on agents, per queue.",
+        ),
         (
             QUEUE_DEPTH_LIMIT,
-            G,
+            Kind::Gauge,
             None,
             "The queue's depth limit, if it has one.",
         ),
         (
             QUEUE_OLDEST_WAITING_AGE,
-            G,
+            Kind::Gauge,
             Some(Unit::Seconds),
             "Age of the earliest-submitted waiting job, per queue.",
         ),
         (
             JOBS_SUBMITTED,
-            C,
+            Kind::Counter,
             None,
             "Jobs submitted since the engine started, per queue.",
         ),
         (
             JOBS_DISPATCHED,
-            C,
+            Kind::Counter,
             None,
             "Dispatches since the engine started, per queue.",
         ),
         (
             JOBS_COMPLETED,
-            C,
+            Kind::Counter,
             None,
             "Completions reported by agents since the engine started, per queue.",
         ),
         (
             QUEUE_WAIT,
-            H,
+            Kind::Histogram,
             Some(Unit::Seconds),
             "Time from submission (or return to the queue) to dispatch, per queue.",
         ),
         (
             DISPATCH_LATENCY,
-            H,
+            Kind::Histogram,
             Some(Unit::Seconds),
             "Time from the writer taking a batch to its dispatches being sent.",
         ),
-        (LOG_BATCH_EVENTS, H, None, "Events per group-commit batch."),
+        (
+            LOG_BATCH_EVENTS,
+            Kind::Histogram,
+            None,
+            "Events per group-commit batch.",
+        ),
         (
             LOG_SYNC,
-            H,
+            Kind::Histogram,
             Some(Unit::Seconds),
             "Duration of one log sync.",
         ),
         (
             LOG_APPENDED_BYTES,
-            C,
+            Kind::Counter,
             Some(Unit::Bytes),
             "Bytes of records appended to the log.",
         ),
-        (CONNECTIONS, G, None, "Protocol connections open."),
-        (AGENTS_CONNECTED, G, None, "Agents with a live connection."),
+        (CONNECTIONS, Kind::Gauge, None, "Protocol connections open."),
+        (
+            AGENTS_CONNECTED,
+            Kind::Gauge,
+            None,
+            "Agents with a live connection.",
+        ),
     ];
     for (name, kind, unit, help) in all {
         let name = KeyName::from_const_str(name);
         match kind {
-            C => recorder.describe_counter(name, unit, help.into()),
-            G => recorder.describe_gauge(name, unit, help.into()),
-            H => recorder.describe_histogram(name, unit, help.into()),
+            Kind::Counter => recorder.describe_counter(name, unit, help.into()),
+            Kind::Gauge => recorder.describe_gauge(name, unit, help.into()),
+            Kind::Histogram => recorder.describe_histogram(name, unit, help.into()),
         }
     }
 }

@@ -132,15 +132,10 @@ pub async fn serve(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        let open = connections_open.clone();
+        let counted = connections_open.clone().map(Counted::new);
         tasks.spawn(async move {
-            if let Some(open) = &open {
-                open.increment(1.0);
-            }
             connection::run(id, stream, peer, shared, shutdown).await;
-            if let Some(open) = &open {
-                open.decrement(1.0);
-            }
+            drop(counted);
             drop(permit);
         });
         // Reap finished connection tasks so the set stays small.
@@ -148,6 +143,23 @@ pub async fn serve(
     }
     tracing::info!("no longer accepting connections");
     while tasks.join_next().await.is_some() {}
+}
+
+/// One open connection on the connections gauge, taken off when dropped
+/// (also when its task panics).
+struct Counted(::metrics::Gauge);
+
+impl Counted {
+    fn new(gauge: ::metrics::Gauge) -> Counted {
+        gauge.increment(1.0);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
