@@ -1372,6 +1372,10 @@ fn run_driver(root: &Path, case: &DriverCase) -> anyhow::Result<DriverReading> {
             every_events,
             scheduler: SchedulerConfig::default(),
         }),
+        // The cost of metrics on the writer and syncer: compare a run with
+        // LANES_BENCH_METRICS=1 against one without.
+        metrics: std::env::var_os("LANES_BENCH_METRICS")
+            .map(|_| lanes::metrics::EngineMetrics::new()),
         ..DriverConfig::default()
     };
     let driver = Driver::start(

@@ -76,6 +76,8 @@ pub struct DriverConfig {
     pub snapshots: Option<SnapshotPolicy>,
     /// What watchers follow; `None`: nobody ever watches.
     pub watched: Option<Arc<Watched>>,
+    /// Where the writer and syncer record metrics; `None`: nowhere.
+    pub metrics: Option<Arc<crate::metrics::EngineMetrics>>,
 }
 
 /// When to snapshot, and where.
@@ -99,6 +101,7 @@ impl Default for DriverConfig {
             clock: system_clock(),
             snapshots: None,
             watched: None,
+            metrics: None,
         }
     }
 }
@@ -264,6 +267,10 @@ pub struct Batch {
     pub events: Vec<Event>,
     pub notices: Vec<Notice>,
     deliveries: Vec<Delivery>,
+    /// When the writer took the batch, and its dispatches (counted only
+    /// when metrics are recorded): for the dispatch latency.
+    started: Instant,
+    dispatches: u64,
 }
 
 pub struct Driver {
@@ -292,6 +299,9 @@ impl Driver {
         let syncer_store = store.syncer();
         let durability = config.durability;
         let mut stage = BatchSyncer::new(syncer_store, durability, publisher);
+        if let Some(metrics) = config.metrics.clone() {
+            stage = stage.with_metrics(metrics);
+        }
         let mut snapshotter = None;
         if let Some(policy) = config.snapshots.clone() {
             // At most one request waits; a trigger refused meanwhile is
@@ -395,6 +405,11 @@ impl DriverHandle {
         self.requests.closed().await;
     }
 
+    /// Whether the writer has stopped (asked to, or fail-stop).
+    pub fn is_stopped(&self) -> bool {
+        self.requests.is_closed()
+    }
+
     /// As [`DriverHandle::command`], from a thread outside any async runtime.
     pub fn blocking_command(&self, command: Command) -> Result<Result<Reply, Rejection>, Stopped> {
         let (reply, answer) = oneshot::channel();
@@ -450,6 +465,9 @@ fn run_writer(
     if let Some(watched) = config.watched.clone() {
         writer = writer.with_watched(watched);
     }
+    if let Some(metrics) = config.metrics.clone() {
+        writer = writer.with_metrics(metrics);
+    }
     while let Some(first) = requests.blocking_recv() {
         let now = (config.clock)();
         let mut batch = Vec::new();
@@ -502,6 +520,7 @@ pub struct BatchWriter {
     changed: Vec<JobId>,
     store: Box<dyn LogStore>,
     record_events_max: usize,
+    metrics: Option<crate::metrics::WriterMetrics>,
 }
 
 impl BatchWriter {
@@ -516,7 +535,15 @@ impl BatchWriter {
             changed: Vec::new(),
             store,
             record_events_max,
+            metrics: None,
         }
+    }
+
+    /// Records per-queue counters, queue waits, batch sizes and bytes
+    /// appended in `metrics`, once per batch.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::EngineMetrics>) -> BatchWriter {
+        self.metrics = Some(crate::metrics::WriterMetrics::new(metrics));
+        self
     }
 
     /// Reports changes of the jobs and runs in `watched` as notices.
@@ -576,6 +603,8 @@ impl BatchWriter {
             events: Vec::new(),
             notices: Vec::new(),
             deliveries: Vec::new(),
+            started: Instant::now(),
+            dispatches: 0,
         };
         for request in requests {
             match request {
@@ -593,11 +622,17 @@ impl BatchWriter {
                 Request::Shutdown => {}
             }
         }
+        let mut appended_bytes = 0;
         for chunk in batch.events.chunks(self.record_events_max) {
-            if let Err(error) = self.store.write(chunk[0].seq, &format::encode(chunk)) {
+            let record = format::encode(chunk);
+            appended_bytes += record.len() as u64;
+            if let Err(error) = self.store.write(chunk[0].seq, &record) {
                 tracing::error!(%error, "log write failed: stopping");
                 return Err(error.into());
             }
+        }
+        if let Some(metrics) = &mut self.metrics {
+            batch.dispatches = metrics.record_batch(&self.scheduler, &batch.events, appended_bytes);
         }
         Ok(batch)
     }
@@ -616,6 +651,7 @@ pub struct BatchSyncer {
     written_seq: Seq,
     durable_seq: Seq,
     snapshots: Option<SnapshotTrigger>,
+    metrics: Option<Arc<crate::metrics::EngineMetrics>>,
 }
 
 struct SnapshotTrigger {
@@ -640,7 +676,14 @@ impl BatchSyncer {
             written_seq: 0,
             durable_seq: 0,
             snapshots: None,
+            metrics: None,
         }
+    }
+
+    /// Records sync times and dispatch latencies in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::EngineMetrics>) -> BatchSyncer {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Asks for a snapshot (through `trigger`) each time `every_events`
@@ -694,10 +737,14 @@ impl BatchSyncer {
             self.deliver(batches.drain(..));
         }
         if sync_now {
+            let started = Instant::now();
             if let Err(error) = self.syncer.sync() {
                 self.failed = true;
                 tracing::error!(%error, "log sync failed: stopping without acknowledging");
                 return Err(error.into());
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.sync_seconds.record(started.elapsed().as_secs_f64());
             }
             self.last_sync = Instant::now();
             self.unsynced = false;
@@ -721,6 +768,10 @@ impl BatchSyncer {
         for batch in batches {
             if !batch.events.is_empty() {
                 self.publisher.publish(&batch.events, &batch.notices);
+            }
+            if let Some(metrics) = &self.metrics {
+                let elapsed = batch.started.elapsed();
+                crate::metrics::record_dispatch_latency(metrics, elapsed, batch.dispatches);
             }
             for delivery in batch.deliveries {
                 delivery();

@@ -17,6 +17,8 @@
 //!   commands, dispatches become pushes.
 //! - [`tls`]: optional TLS (rustls): PEM files into server and client
 //!   configurations. No sockets.
+//! - [`http`]: the operators' HTTP listener: `/metrics`, `/livez`,
+//!   `/readyz`; [`metrics`]: every metric name and the engine's recorder.
 //!
 //! - [`client`]: the typed async client for submitters, operators, agents;
 //!   [`agent_session`]: an agent's session that reconnects with backoff and
@@ -28,7 +30,9 @@
 pub mod agent_session;
 pub mod client;
 pub mod driver;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod replay;

@@ -42,6 +42,7 @@ async fn engine_with(tls: Option<lanes::tls::TlsFiles>) -> Engine {
         limits: Limits::default(),
         repair: false,
         tls,
+        http: None,
     })
     .await
     .expect("the engine starts");

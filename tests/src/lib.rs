@@ -27,6 +27,8 @@ pub struct Options {
     pub durability: Durability,
     /// Serve TLS with these files; `None`: plain TCP.
     pub tls: Option<lanes::tls::TlsFiles>,
+    /// The HTTP listener (`/metrics`, `/livez`, `/readyz`); none by default.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             limits: Limits::default(),
             durability: Durability::Sync,
             tls: None,
+            http: None,
         }
     }
 }
@@ -129,6 +132,7 @@ async fn start_in(data: &std::path::Path, options: &Options) -> Running {
         limits: options.limits.clone(),
         repair: false,
         tls: options.tls.clone(),
+        http: options.http,
     })
     .await
     .expect("the engine starts")

@@ -25,6 +25,7 @@ async fn start(data: &Path, listen: SocketAddr) -> Running {
         limits: Limits::default(),
         repair: false,
         tls: None,
+        http: None,
     })
     .await
     .expect("the engine starts")

@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// TLS on every connection; `None`: plain TCP.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Counts open connections; `None`: not counted.
+    pub metrics: Option<Arc<crate::metrics::EngineMetrics>>,
 }
 
 /// What every connection shares.
@@ -104,6 +106,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Semaphore::new(config.limits.connections_max));
+    let connections_open = config.metrics.as_ref().map(|m| m.connections.clone());
     let shared = Arc::new(Shared {
         driver,
         registry,
@@ -134,8 +137,10 @@ pub async fn serve(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let counted = connections_open.clone().map(Counted::new);
         tasks.spawn(async move {
             connection::run(id, stream, peer, shared, shutdown).await;
+            drop(counted);
             drop(permit);
         });
         // Reap finished connection tasks so the set stays small.
@@ -143,6 +148,23 @@ pub async fn serve(
     }
     tracing::info!("no longer accepting connections");
     while tasks.join_next().await.is_some() {}
+}
+
+/// One open connection on the connections gauge, taken off when dropped
+/// (also when its task panics).
+struct Counted(::metrics::Gauge);
+
+impl Counted {
+    fn new(gauge: ::metrics::Gauge) -> Counted {
+        gauge.increment(1.0);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
@@ -171,6 +193,9 @@ pub struct EngineConfig {
     pub repair: bool,
     /// Serve TLS with this certificate and key; `None`: plain TCP.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The HTTP listener for `/metrics`, `/livez` and `/readyz`; `None`:
+    /// none, and no metrics are recorded.
+    pub http: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +220,8 @@ pub enum EngineError {
     Tls(crate::tls::TlsError),
     #[error("the engine stopped while starting")]
     Stopped,
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// A running engine: its log, its writer and its listener.
@@ -203,6 +230,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
     driver: crate::driver::Driver,
+    http: Option<crate::http::HttpServer>,
     pub report: crate::replay::StartReport,
 }
 
@@ -220,6 +248,14 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
         .map(crate::tls::server_config)
         .transpose()
         .map_err(EngineError::Tls)?;
+    // Listening first: `/livez` and `/readyz` answer during the replay.
+    let mut http = None;
+    let mut metrics = None;
+    if let Some(address) = config.http {
+        let engine_metrics = crate::metrics::EngineMetrics::new();
+        http = Some(crate::http::HttpServer::start(address, engine_metrics.clone()).await?);
+        metrics = Some(engine_metrics);
+    }
     let data = config.data.clone();
     let scheduler_config = config.scheduler.clone();
     let repair = config.repair;
@@ -243,6 +279,7 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
                 scheduler: config.scheduler.clone(),
             }),
         watched: Some(registry.watched()),
+        metrics: metrics.clone(),
         ..DriverConfig::default()
     };
     let driver = Driver::start(
@@ -275,7 +312,11 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
         tokens: config.tokens,
         limits: config.limits,
         tls,
+        metrics,
     };
+    if let Some(http) = &http {
+        http.serving(driver.handle(), registry.clone());
+    }
     let serving = tokio::spawn(serve(listener, driver.handle(), registry, server, stop));
     tracing::info!(%address, "listening");
     Ok(Running {
@@ -283,6 +324,7 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
         shutdown,
         serving,
         driver,
+        http,
         report,
     })
 }
@@ -296,15 +338,33 @@ impl Running {
         self.driver.handle()
     }
 
-    /// Stops accepting, closes every connection, finishes the batch in hand,
-    /// makes it durable and closes the log.
+    /// The HTTP listener's address, if it has one.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|http| http.address())
+    }
+
+    /// From now on `/readyz` answers 503 (for good), while the engine goes
+    /// on serving: load balancers stop sending before the engine stops.
+    /// [`Running::stop`] does it first.
+    pub fn withdraw_readiness(&self) {
+        if let Some(http) = &self.http {
+            http.stopping();
+        }
+    }
+
+    /// Fails readiness, stops accepting, closes every connection, finishes
+    /// the batch in hand, makes it durable and closes the log; the HTTP
+    /// listener goes last.
     pub async fn stop(self) -> Result<crate::sched::Scheduler, EngineError> {
+        self.withdraw_readiness();
         let _ = self.shutdown.send(true);
         let _ = self.serving.await;
         let driver = self.driver;
-        let scheduler = tokio::task::spawn_blocking(move || driver.stop())
-            .await
-            .map_err(|_| EngineError::Stopped)??;
+        let stopped = tokio::task::spawn_blocking(move || driver.stop()).await;
+        if let Some(http) = self.http {
+            http.close().await;
+        }
+        let scheduler = stopped.map_err(|_| EngineError::Stopped)??;
         Ok(scheduler)
     }
 }

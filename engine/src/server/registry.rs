@@ -218,6 +218,14 @@ impl Registry {
         }
     }
 
+    /// Agents with a connection bound to them now.
+    pub fn connected_agents(&self) -> usize {
+        self.agents
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
     pub(crate) fn bind(&self, agent: AgentId, link: AgentLink) {
         self.write().insert(agent, link);
     }

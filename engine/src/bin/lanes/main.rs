@@ -34,8 +34,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// How log lines on stderr look: `text` for people, `json` (one object
+    /// a line) for collectors. Which lines: RUST_LOG (default `info`).
+    #[arg(long, global = true, env = "LANES_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -62,19 +72,32 @@ enum Command {
     /// Run jobs: register as an agent, take work as slots free, run each
     /// job's command as a child process and report how it ended.
     Agent(agent::AgentArgs),
+    /// Print a completion script for a shell on stdout, e.g.
+    /// `lanes completions bash > /etc/bash_completion.d/lanes`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         // Warnings (a torn tail cut, a repair, a failed snapshot) must be
         // seen without asking: `info` unless RUST_LOG says otherwise.
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Logs to stderr; stdout is for data (`--json`, completions).
         .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
+        // Colours for a terminal only: not into the journal or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let result = match cli.command {
         Command::Serve(args) => serve::serve_command(args),
         Command::Log(command) => serve::log_command(command),
         Command::Submit(args) => common::block_on(submit::submit(args)),
@@ -83,6 +106,11 @@ fn main() -> ExitCode {
         Command::Queue(args) => common::block_on(inspect::queue(args)),
         Command::Agents(args) => common::block_on(inspect::agents(args)),
         Command::Agent(args) => common::block_on(agent::agent(args)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "lanes", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -71,6 +71,24 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// The HTTP listener for /metrics, /livez and /readyz (no authentication:
+    /// keep it on loopback or a private network); `off`: none. Default:
+    /// 127.0.0.1:9090.
+    #[arg(long, env = "LANES_HTTP", value_parser = parse_http)]
+    http: Option<HttpAddress>,
+}
+
+/// `--http`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpAddress(pub Option<std::net::SocketAddr>);
+
+pub fn parse_http(text: &str) -> Result<HttpAddress, String> {
+    if text == "off" {
+        return Ok(HttpAddress(None));
+    }
+    text.parse()
+        .map(|address| HttpAddress(Some(address)))
+        .map_err(|_| format!("{text:?}: expected an address such as 127.0.0.1:9090, or off"))
 }
 
 pub fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -283,6 +301,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .zip(args.tls_key)
             .or(file.tls)
             .map(|(cert, key)| TlsFiles { cert, key }),
+        http: match args.http {
+            Some(HttpAddress(address)) => address,
+            None => match file.http.as_deref() {
+                Some(text) => parse_http(text).map_err(anyhow::Error::msg)?.0,
+                None => Some("127.0.0.1:9090".parse().expect("an address")),
+            },
+        },
     };
     let running = server::start(config)
         .await
@@ -309,6 +334,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         running.address(),
         data.display()
     );
+    systemd_notify(sd_notify::NotifyState::Ready);
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -331,6 +357,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("lanes: stopping");
+    systemd_notify(sd_notify::NotifyState::Stopping);
     let state = running.stop().await.context("stopping")?;
     eprintln!(
         "lanes: stopped cleanly at sequence {} (state digest {:032x})",
@@ -402,6 +429,15 @@ async fn set_draining(driver: &DriverHandle, draining: bool) {
         }
         Ok(_) => tracing::info!("SIGUSR2: dispatching again"),
         Err(_) => tracing::error!("the engine stopped"),
+    }
+}
+
+/// Tells systemd (`Type=notify`) how the engine is; nothing without
+/// `NOTIFY_SOCKET`. A failure to tell is logged, never fatal: the engine
+/// serves either way, and systemd's own timeout reports a missing READY.
+fn systemd_notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(%error, "telling systemd the engine's state failed");
     }
 }
 
