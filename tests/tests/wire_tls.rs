@@ -229,6 +229,7 @@ async fn start_error(tls: TlsFiles) -> String {
         limits: Limits::default(),
         repair: false,
         tls: Some(tls),
+        http: None,
     })
     .await;
     match started {
