@@ -28,6 +28,8 @@ fn lanes() -> Command {
         .env_remove("LANES_LISTEN")
         .env_remove("LANES_DATA")
         .env_remove("LANES_CONFIG")
+        // Tests run side by side: no HTTP listener on the fixed default port.
+        .env("LANES_HTTP", "off")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
     command
