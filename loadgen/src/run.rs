@@ -175,7 +175,7 @@ pub fn spawn_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) -> tokio::task
             last_completed = completed;
             if terminal {
                 eprint!("\r\x1b[2K{line}");
-            } else if seconds % 5 == 0 {
+            } else if seconds.checked_rem(5) == Some(0) {
                 eprintln!("{line}");
             }
         }
