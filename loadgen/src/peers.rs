@@ -171,6 +171,9 @@ pub async fn run(config: &RunConfig, target: &PeerTarget) -> anyhow::Result<RunR
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     let slots = config.agents * config.slots_per_agent;
+    // Every worker connects before the first send, as Lanes agents register
+    // first: a connection storm would otherwise land in the first latencies.
+    let (ready, mut readies) = tokio::sync::mpsc::channel::<Result<(), String>>(slots as usize);
     for index in 0..slots {
         workers.push(tokio::spawn(worker(
             target.clone(),
@@ -178,7 +181,16 @@ pub async fn run(config: &RunConfig, target: &PeerTarget) -> anyhow::Result<RunR
             shared.clone(),
             stop.clone(),
             config.seed ^ (0x3e7 << 32) ^ u64::from(index),
+            ready.clone(),
         )));
+    }
+    drop(ready);
+    for _ in 0..slots {
+        match readies.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => bail!("a worker could not start: {error}"),
+            None => bail!("the workers ended before they were ready"),
+        }
     }
     let mut submitters = Vec::new();
     for index in 0..config.connections {
@@ -364,9 +376,23 @@ async fn worker(
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     seed: u64,
+    ready: tokio::sync::mpsc::Sender<Result<(), String>>,
 ) -> anyhow::Result<()> {
-    let mut random = SplitMix64::new(seed);
-    let queues = &config.workload.queues;
+    let connected = connect_worker(&target, &config.workload.queues).await;
+    let _ = ready
+        .send(connected.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")))
+        .await;
+    drop(ready);
+    let (beanstalk, redis, pop_arguments) = connected?;
+    work(beanstalk, redis, pop_arguments, config, shared, stop, seed).await
+}
+
+type WorkerConnection = (Option<Beanstalk>, Option<Redis>, Vec<Vec<u8>>);
+
+async fn connect_worker(
+    target: &PeerTarget,
+    queues: &[String],
+) -> anyhow::Result<WorkerConnection> {
     let mut beanstalk = None;
     let mut redis = None;
     let mut pop_arguments: Vec<Vec<u8>> = Vec::new();
@@ -383,6 +409,19 @@ async fn worker(
             pop_arguments.push(RESERVE_TIMEOUT_S.to_string().into_bytes());
         }
     }
+    Ok((beanstalk, redis, pop_arguments))
+}
+
+async fn work(
+    mut beanstalk: Option<Beanstalk>,
+    mut redis: Option<Redis>,
+    pop_arguments: Vec<Vec<u8>>,
+    config: RunConfig,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut random = SplitMix64::new(seed);
     // When this worker's slot last freed with work waiting.
     let mut freed: Option<u64> = None;
     while !stop.load(Ordering::Relaxed) {
