@@ -77,18 +77,24 @@ pub async fn run(config: &RunConfig, target: &LanesTarget) -> anyhow::Result<Run
             config.seed ^ (0xa6e7 << 32) ^ u64::from(index),
         )));
     }
-    let mut submitters = Vec::new();
+    let mut clients = Vec::new();
     for index in 0..config.connections {
         let client = Arc::new(
             Client::connect(&target.address, &target.submitter_token, "lanes-loadgen")
                 .await
                 .with_context(|| format!("submitter {index} connecting to {}", target.address))?,
         );
+        clients.push(client);
+    }
+    // Everything is connected: the schedule starts now.
+    shared.start_clock();
+    let mut submitters = Vec::new();
+    for (index, client) in clients.into_iter().enumerate() {
         submitters.push(tokio::spawn(submitter(
             client,
             config.clone(),
             shared.clone(),
-            index,
+            index as u32,
         )));
     }
     let progress_done = Arc::new(AtomicBool::new(false));

@@ -192,16 +192,22 @@ pub async fn run(config: &RunConfig, target: &PeerTarget) -> anyhow::Result<RunR
             None => bail!("the workers ended before they were ready"),
         }
     }
-    let mut submitters = Vec::new();
-    for index in 0..config.connections {
+    let mut clients = Vec::new();
+    for _ in 0..config.connections {
         let producer = Producer::connect(target, sequence.clone())
             .await
             .with_context(|| format!("connecting to {}", target.url()))?;
+        clients.push(producer);
+    }
+    // Everything is connected: the schedule starts now.
+    shared.start_clock();
+    let mut submitters = Vec::new();
+    for (index, producer) in clients.into_iter().enumerate() {
         submitters.push(tokio::spawn(submitter(
             producer,
             config.clone(),
             shared.clone(),
-            index,
+            index as u32,
         )));
     }
     let progress_done = Arc::new(AtomicBool::new(false));

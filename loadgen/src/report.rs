@@ -25,6 +25,10 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the run completed but missed a threshold.
 pub const EXIT_THRESHOLD: u8 = 3;
 
+/// Seconds of the throughput series printed on the terminal (the JSON has
+/// them all).
+const SERIES_SHOWN_MAX: usize = 30;
+
 /// Pass/fail limits; `None` is not checked.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Thresholds {
@@ -294,6 +298,23 @@ pub fn terminal(
         result.cpu.as_secs_f64(),
         result.total_elapsed.as_secs_f64(),
     ));
+    let series = series_values(&c.completed_per_second);
+    if !series.is_empty() {
+        let shown: Vec<String> = series
+            .iter()
+            .take(SERIES_SHOWN_MAX)
+            .map(u64::to_string)
+            .collect();
+        out.push_str(&format!(
+            "  completed per second: {}{}\n",
+            shown.join(" "),
+            if series.len() > SERIES_SHOWN_MAX {
+                " …"
+            } else {
+                ""
+            }
+        ));
+    }
     out.push_str(&format!(
         "\n  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "latency µs", "priority", "count", "p50", "p90", "p99", "p99.9", "max"

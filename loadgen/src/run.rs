@@ -52,7 +52,11 @@ pub struct RunConfig {
 
 /// The state every task of a run records into.
 pub struct Shared {
-    pub start: Instant,
+    /// The clock's base; times count from `base + origin_ns`.
+    base: Instant,
+    /// Set by [`Shared::start_clock`] just before the first send, so that
+    /// preloading and connecting do not put the schedule behind.
+    origin_ns: AtomicU64,
     pub counters: Counters,
     pub latencies: Mutex<Latencies>,
     pub order: Mutex<OrderChecker>,
@@ -70,7 +74,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: &RunConfig) -> Arc<Shared> {
         Arc::new(Shared {
-            start: Instant::now(),
+            base: Instant::now(),
+            origin_ns: AtomicU64::new(0),
             counters: Counters::default(),
             latencies: Mutex::new(Latencies::default()),
             order: Mutex::new(OrderChecker::new()),
@@ -82,12 +87,21 @@ impl Shared {
         })
     }
 
+    /// Nanoseconds since the clock started (0 before).
     pub fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+        (self.base.elapsed().as_nanos() as u64)
+            .saturating_sub(self.origin_ns.load(Ordering::Relaxed))
     }
 
     pub fn instant_at(&self, ns: u64) -> Instant {
-        self.start + Duration::from_nanos(ns)
+        self.base + Duration::from_nanos(self.origin_ns.load(Ordering::Relaxed) + ns)
+    }
+
+    /// Starts the run's clock: intended send times count from now. Called
+    /// once, before any submitter starts.
+    pub fn start_clock(&self) {
+        self.origin_ns
+            .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub fn record(&self, metric: Metric, priority: i32, latency_ns: u64) {
