@@ -318,8 +318,11 @@ async fn submitter(
                 tokio::time::sleep_until(shared.instant_at(intended).into()).await;
                 let permit = in_flight.clone().acquire_owned().await?;
                 let now = shared.now_ns();
-                if now >= duration_ns {
-                    // Still behind at the end: what was never sent is dropped.
+                // Still behind at the end by more than the lateness
+                // threshold: what was never sent is dropped. (A send due
+                // just before the end whose timer fired just after is only
+                // late.)
+                if now >= duration_ns + late_ns {
                     let mut dropped = 0;
                     while pacer.peek_ns() < duration_ns {
                         pacer.next_intended_ns();
@@ -508,9 +511,13 @@ async fn agent(
     let mut timers: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut due: Vec<u64> = Vec::new();
-    // When each freed slot freed, if work was waiting then (FIFO: the next
-    // dispatch fills the oldest free slot).
-    let mut freed: VecDeque<Option<u64>> = VecDeque::new();
+    // One entry per free slot (the generator's view), oldest first: when
+    // it freed, if the agent had been full and work was waiting then. Such
+    // entries are only pushed onto an empty queue (a full agent has no
+    // free slot), so the next dispatches fill exactly those slots and
+    // measure the dispatch latency; slots freed while others stood idle are
+    // not measured, since the next job may go to any of them.
+    let mut freed: VecDeque<Option<u64>> = (0..slots).map(|_| None).collect();
     let mut last_full_ns = 0u64;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut check_stop = tokio::time::interval(Duration::from_millis(20));
@@ -621,9 +628,10 @@ async fn agent(
             if running.len() + batch.len() >= slots as usize {
                 last_full_ns = sent_ns;
             }
-            let work_waiting = shared.waiting.load(Ordering::Relaxed) > 0;
+            let was_full = running.len() + batch.len() >= slots as usize;
+            let measured = was_full && shared.waiting.load(Ordering::Relaxed) > 0;
             for _ in &batch {
-                freed.push_back(work_waiting.then_some(sent_ns));
+                freed.push_back(measured.then_some(sent_ns));
             }
             let completions = batch
                 .iter()

@@ -340,7 +340,11 @@ async fn submitter(
                 }
                 tokio::time::sleep_until(shared.instant_at(intended).into()).await;
                 let now = shared.now_ns();
-                if now >= duration_ns {
+                // Still behind at the end by more than the lateness
+                // threshold: what was never sent is dropped. (A send due
+                // just before the end whose timer fired just after is only
+                // late.)
+                if now >= duration_ns + late_ns {
                     let mut dropped = 0;
                     while pacer.peek_ns() < duration_ns {
                         pacer.next_intended_ns();

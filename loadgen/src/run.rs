@@ -228,16 +228,20 @@ pub fn self_checks(
     let dropped = Counters::get(&c.dropped);
     let lag_max_ms = Counters::get(&c.send_lag_ns_max) as f64 / 1e6;
     if let Mode::Open { .. } = config.mode {
+        // Sends fall behind when the generator lacks CPU, or when its
+        // connections wait on the server (at --in-flight for Lanes; peers'
+        // connections send one request at a time): the CPU check below
+        // tells the two apart.
         if late * 100 > sent {
             warnings.push(format!(
-                "GENERATOR BOTTLENECK? {late} sends ({:.1} %) left more than {} µs after their intended time (max lag {lag_max_ms:.1} ms); latencies still count from the intended times",
+                "SENDS FELL BEHIND: {late} sends ({:.1} %) left more than {} µs after their intended time (max lag {lag_max_ms:.1} ms): the generator was short of CPU or its connections were waiting on the server; latencies still count from the intended times",
                 late as f64 * 100.0 / sent as f64,
                 config.late_threshold.as_micros()
             ));
         }
         if dropped > 0 {
             warnings.push(format!(
-                "GENERATOR BOTTLENECK? {dropped} intended sends were never issued before the end of the run: the offered rate was not achieved"
+                "SENDS DROPPED: {dropped} intended sends were never issued before the end of the run: the offered rate was not achieved"
             ));
         }
     }
