@@ -52,13 +52,13 @@
 //! # Cost
 //!
 //! [`OrderChecker::check`] sweeps each queue once: dispatches in order of
-//! their lower bounds, candidate jobs entering a map by precedence as their
-//! acknowledgements fall behind that bound and leaving it once their own
-//! lower bound does. A query scans only the candidates dispatched around
-//! the same time, so a run of a million jobs checks in about a second.
+//! their lower bounds, candidate jobs entering a segment tree indexed by
+//! precedence as their acknowledgements fall behind that bound; each
+//! dispatch asks for the latest lower bound among the candidates that
+//! precede it. O(n log n): a million jobs check in about a second.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 /// A submission the server acknowledged: jobs `first_job` to `first_job +
 /// count - 1`, all in one queue at one priority.
@@ -190,46 +190,87 @@ impl OrderChecker {
             let mut dispatches = by_queue.remove(&queue).unwrap_or_default();
             let mut jobs = candidates.remove(&queue).unwrap_or_default();
             dispatches.sort_by_key(|d| (d.lower_bound_ns, d.received_ns, d.job));
-            jobs.sort_by_key(|c| c.acked_ns);
-            let mut next_job = 0;
-            // Candidates in the map, by precedence, with their lower bounds.
-            let mut present: BTreeMap<Key, u64> = BTreeMap::new();
-            let mut leaving: BinaryHeap<Reverse<(u64, Key)>> = BinaryHeap::new();
+            // Candidates by precedence: their ranks index the tree.
+            jobs.sort_by_key(|c| c.key);
+            let keys: Vec<Key> = jobs.iter().map(|c| c.key).collect();
+            let mut by_ack: Vec<usize> = (0..jobs.len()).collect();
+            by_ack.sort_by_key(|&rank| jobs[rank].acked_ns);
+            let mut next = 0;
+            let mut tree = MaxTree::new(jobs.len());
             for d in dispatches {
-                while next_job < jobs.len() && jobs[next_job].acked_ns < d.lower_bound_ns {
-                    let c = &jobs[next_job];
-                    present.insert(c.key, c.lower_bound_ns);
-                    leaving.push(Reverse((c.lower_bound_ns, c.key)));
-                    next_job += 1;
+                while next < by_ack.len() && jobs[by_ack[next]].acked_ns < d.lower_bound_ns {
+                    let rank = by_ack[next];
+                    tree.set(rank, jobs[rank].lower_bound_ns);
+                    next += 1;
                 }
-                // A candidate decided no later than this lower bound cannot
-                // be waiting at this or any later dispatch's decision.
-                while let Some(Reverse((lower_bound, k))) = leaving.peek().copied() {
-                    if lower_bound > d.lower_bound_ns {
-                        break;
-                    }
-                    leaving.pop();
-                    present.remove(&k);
-                }
-                let dispatched_key = key(d.priority, d.job);
-                let waiting = present
-                    .range(..dispatched_key)
-                    .find(|(_, lower_bound)| **lower_bound > d.received_ns);
-                if let Some((waiting_key, _)) = waiting {
-                    report.violations += 1;
-                    if report.examples.len() < EXAMPLES_MAX {
-                        report.examples.push(Violation {
-                            queue,
-                            dispatched_job: d.job,
-                            dispatched_priority: d.priority,
-                            waiting_job: waiting_key.1,
-                            waiting_priority: waiting_key.0 .0,
-                        });
+                // Every candidate that precedes D ranks below this position;
+                // one of them was still waiting when D was decided if the
+                // latest of their lower bounds is after D arrived.
+                let end = keys.partition_point(|k| *k < key(d.priority, d.job));
+                if let Some((lower_bound, rank)) = tree.max_before(end) {
+                    if lower_bound > d.received_ns {
+                        report.violations += 1;
+                        if report.examples.len() < EXAMPLES_MAX {
+                            report.examples.push(Violation {
+                                queue,
+                                dispatched_job: d.job,
+                                dispatched_priority: d.priority,
+                                waiting_job: keys[rank].1,
+                                waiting_priority: keys[rank].0 .0,
+                            });
+                        }
                     }
                 }
             }
         }
         report
+    }
+}
+
+/// A segment tree of lower bounds by rank: set one, ask for the largest
+/// (and where) among ranks below a position, both in O(log n).
+struct MaxTree {
+    size: usize,
+    /// (lower bound, rank); `(0, 0)` for a rank not yet set. Leaves at
+    /// `size..2 * size`.
+    nodes: Vec<(u64, usize)>,
+}
+
+impl MaxTree {
+    fn new(length: usize) -> MaxTree {
+        let size = length.next_power_of_two().max(1);
+        MaxTree {
+            size,
+            nodes: vec![(0, 0); 2 * size],
+        }
+    }
+
+    fn set(&mut self, rank: usize, value: u64) {
+        let mut i = rank + self.size;
+        self.nodes[i] = (value, rank);
+        while i > 1 {
+            i /= 2;
+            self.nodes[i] = self.nodes[2 * i].max(self.nodes[2 * i + 1]);
+        }
+    }
+
+    /// The largest value among ranks `0..end`, with its rank.
+    fn max_before(&self, end: usize) -> Option<(u64, usize)> {
+        let (mut low, mut high) = (self.size, end + self.size);
+        let mut best: Option<(u64, usize)> = None;
+        while low < high {
+            if low % 2 == 1 {
+                best = best.max(Some(self.nodes[low]));
+                low += 1;
+            }
+            if high % 2 == 1 {
+                high -= 1;
+                best = best.max(Some(self.nodes[high]));
+            }
+            low /= 2;
+            high /= 2;
+        }
+        best.filter(|(value, _)| *value > 0)
     }
 }
 
