@@ -19,7 +19,10 @@
 #       (--quick 5 s). On Lanes the preloaded jobs wait under a tag limit
 #       (100 values, 1 running each); beanstalkd and Redis have no tag
 #       limits, so there the preloaded jobs are ordinary waiting work that
-#       the workers drain meanwhile; the new jobs jump ahead by priority.
+#       the workers drain meanwhile; the new jobs jump ahead by priority
+#       (beanstalkd across tubes; Redis only within a queue: BZPOPMIN takes
+#       the first non-empty key, so a new job in queue 57 waits for queues
+#       0 to 56 to empty).
 #
 # Durability pairs: Lanes `sync` vs beanstalkd `-b DIR -f 0` (fsync every
 # write) vs Redis `appendonly yes, appendfsync always`; Lanes `interval=50`
@@ -181,7 +184,10 @@ def load(name):
     except OSError:
         return None
 def lat(summary, metric, p):
-    return summary["latency"][metric]["overall"][p] if summary else None
+    # No samples (e.g. no agent was ever full): no figure, not a zero.
+    if not summary or summary["latency"][metric]["overall"]["count"] == 0:
+        return None
+    return summary["latency"][metric]["overall"][p]
 def fmt(v, unit=""):
     return "-" if v is None else f"{v:,.0f}{unit}"
 def ratio(v, base):

@@ -651,6 +651,13 @@ async fn agent(
             tokio::spawn(async move {
                 let answer = answer.await;
                 let at = shared.now_ns();
+                if let Some(first) = batch.first() {
+                    shared.record(
+                        Metric::CompleteAck,
+                        first.priority,
+                        at.saturating_sub(sent_ns),
+                    );
+                }
                 match answer {
                     Ok(Message::CompleteResults(results)) => {
                         let mut completed = 0;

@@ -26,14 +26,17 @@ pub enum Metric {
     Dispatch,
     /// Intended send time → the agent's completion acknowledged.
     EndToEnd,
+    /// The agent sending a completion → the server's answer to it.
+    CompleteAck,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 5] = [
         Metric::SubmitAck,
         Metric::QueueWait,
         Metric::Dispatch,
         Metric::EndToEnd,
+        Metric::CompleteAck,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Metric {
             Metric::QueueWait => "queue_wait",
             Metric::Dispatch => "dispatch",
             Metric::EndToEnd => "end_to_end",
+            Metric::CompleteAck => "complete_ack",
         }
     }
 }
@@ -53,13 +57,14 @@ pub fn new_histogram() -> Histogram<u64> {
 /// One histogram per metric.
 #[derive(Clone)]
 pub struct Set {
-    histograms: [Histogram<u64>; 4],
+    histograms: [Histogram<u64>; 5],
 }
 
 impl Default for Set {
     fn default() -> Set {
         Set {
             histograms: [
+                new_histogram(),
                 new_histogram(),
                 new_histogram(),
                 new_histogram(),

@@ -489,6 +489,7 @@ async fn work(
             connection.command(&[b"INCR", b"lg:completed"]).await?;
         }
         let at = shared.now_ns();
+        shared.record(Metric::CompleteAck, priority, at.saturating_sub(sent));
         if preload {
             shared.preload_completed.fetch_add(1, Ordering::Relaxed);
         } else {
