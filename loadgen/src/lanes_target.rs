@@ -17,11 +17,10 @@ use lanes::model::{JobOptions, JobSpec, QueueConfig, Report, RunSpec, TagMatch, 
 use lanes::protocol::{Completion, Message, Role, SubmitRun, TakeWork};
 use tokio::sync::Semaphore;
 
-use crate::machine::own_cpu_time;
 use crate::metrics::Metric;
 use crate::order::{Dispatched, Submitted};
 use crate::pacer::{Pacer, SplitMix64};
-use crate::run::{drain, self_checks, spawn_progress, RunConfig, RunResult, Shared};
+use crate::run::{finish, RunConfig, RunResult, Shared};
 use crate::workload::{
     payload, read_payload, Choice, Header, Mode, FLAG_LIMITED, FLAG_PRELOAD, FOREIGN,
     PRELOAD_TAG_KEY, TAG_KEY,
@@ -97,70 +96,16 @@ pub async fn run(config: &RunConfig, target: &LanesTarget) -> anyhow::Result<Run
             index as u32,
         )));
     }
-    let progress_done = Arc::new(AtomicBool::new(false));
-    let progress = config
-        .progress
-        .then(|| spawn_progress(shared.clone(), progress_done.clone()));
-    let cpu_before = own_cpu_time();
-    let send_start = Instant::now();
-    let mut errors = Vec::new();
-    for handle in submitters {
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => errors.push(format!("{error:#}")),
-            Err(error) => errors.push(format!("a submitter panicked: {error}")),
-        }
-    }
-    shared.sending_done.store(true, Ordering::Relaxed);
-    let send_elapsed = send_start.elapsed();
-    let drained = drain(&shared, config.drain_timeout).await;
-    let total_elapsed = send_start.elapsed();
-    let cpu = own_cpu_time().saturating_sub(cpu_before);
-    stop_agents.store(true, Ordering::Relaxed);
-    for handle in agents {
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => errors.push(format!("{error:#}")),
-            Err(error) => errors.push(format!("an agent panicked: {error}")),
-        }
-    }
-    progress_done.store(true, Ordering::Relaxed);
-    if let Some(progress) = progress {
-        let _ = progress.await;
-    }
-    if !errors.is_empty() && crate::metrics::Counters::get(&shared.counters.acked) == 0 {
-        bail!("the run failed: {}", errors.join("; "));
-    }
-    let mut warnings = self_checks(config, &shared, cpu, total_elapsed);
-    warnings.extend(errors.into_iter().map(|e| format!("error: {e}")));
-    if !drained {
-        warnings.push(format!(
-            "{} acknowledged jobs had not completed {} s after sending stopped",
-            shared.outstanding(),
-            config.drain_timeout.as_secs()
-        ));
-    }
-    let order = shared
-        .order
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .check();
-    let latencies = shared
-        .latencies
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    Ok(RunResult {
-        target: format!("lanes://{}", target.address),
-        latencies,
+    finish(
+        config,
         shared,
-        order: Some(order),
-        send_elapsed,
-        total_elapsed,
-        cpu,
-        drained,
-        warnings,
-    })
+        submitters,
+        agents,
+        &stop_agents,
+        format!("lanes://{}", target.address),
+        true,
+    )
+    .await
 }
 
 /// Creates the workload's queues and tag rules (admin), or checks that none

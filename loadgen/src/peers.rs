@@ -14,11 +14,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::beanstalk::{beanstalk_priority, Beanstalk};
-use crate::machine::own_cpu_time;
 use crate::metrics::Metric;
 use crate::pacer::{Pacer, SplitMix64};
 use crate::resp::{score, Redis, Reply};
-use crate::run::{drain, self_checks, spawn_progress, RunConfig, RunResult, Shared};
+use crate::run::{finish, RunConfig, RunResult, Shared};
 use crate::workload::{payload, read_payload, Header, Mode, FLAG_PRELOAD, FOREIGN};
 
 /// Seconds a worker blocks in one reserve before it checks whether to stop.
@@ -210,65 +209,16 @@ pub async fn run(config: &RunConfig, target: &PeerTarget) -> anyhow::Result<RunR
             index as u32,
         )));
     }
-    let progress_done = Arc::new(AtomicBool::new(false));
-    let progress = config
-        .progress
-        .then(|| spawn_progress(shared.clone(), progress_done.clone()));
-    let cpu_before = own_cpu_time();
-    let send_start = Instant::now();
-    let mut errors = Vec::new();
-    for handle in submitters {
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => errors.push(format!("{error:#}")),
-            Err(error) => errors.push(format!("a submitter panicked: {error}")),
-        }
-    }
-    shared.sending_done.store(true, Ordering::Relaxed);
-    let send_elapsed = send_start.elapsed();
-    let drained = drain(&shared, config.drain_timeout).await;
-    let total_elapsed = send_start.elapsed();
-    let cpu = own_cpu_time().saturating_sub(cpu_before);
-    stop.store(true, Ordering::Relaxed);
-    for handle in workers {
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => errors.push(format!("{error:#}")),
-            Err(error) => errors.push(format!("a worker panicked: {error}")),
-        }
-    }
-    progress_done.store(true, Ordering::Relaxed);
-    if let Some(progress) = progress {
-        let _ = progress.await;
-    }
-    if !errors.is_empty() && crate::metrics::Counters::get(&shared.counters.acked) == 0 {
-        bail!("the run failed: {}", errors.join("; "));
-    }
-    let mut warnings = self_checks(config, &shared, cpu, total_elapsed);
-    warnings.extend(errors.into_iter().map(|e| format!("error: {e}")));
-    if !drained {
-        warnings.push(format!(
-            "{} acknowledged jobs had not completed {} s after sending stopped",
-            shared.outstanding(),
-            config.drain_timeout.as_secs()
-        ));
-    }
-    let latencies = shared
-        .latencies
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    Ok(RunResult {
-        target: target.url(),
-        latencies,
+    finish(
+        config,
         shared,
-        order: None,
-        send_elapsed,
-        total_elapsed,
-        cpu,
-        drained,
-        warnings,
-    })
+        submitters,
+        workers,
+        &stop,
+        target.url(),
+        false,
+    )
+    .await
 }
 
 async fn submit_one(

@@ -161,7 +161,7 @@ pub struct RunResult {
 }
 
 /// Prints a progress line every second until `done` is set.
-pub fn spawn_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+fn spawn_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let terminal = std::io::stderr().is_terminal();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -199,9 +199,93 @@ pub fn spawn_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) -> tokio::task
     })
 }
 
+/// A target's task: a submitter connection, an agent or a worker.
+pub type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// What every target does once its submitters are sending: show progress,
+/// wait for the submitters, drain, stop the `workers` (agents or peer
+/// workers) through `stop`, and gather errors and warnings into the result.
+/// `judge_order`: the target's dispatches fed the order checker.
+pub async fn finish(
+    config: &RunConfig,
+    shared: Arc<Shared>,
+    submitters: Vec<Task>,
+    workers: Vec<Task>,
+    stop: &AtomicBool,
+    target: String,
+    judge_order: bool,
+) -> anyhow::Result<RunResult> {
+    let progress_done = Arc::new(AtomicBool::new(false));
+    let progress = config
+        .progress
+        .then(|| spawn_progress(shared.clone(), progress_done.clone()));
+    let cpu_before = own_cpu_time();
+    let send_start = Instant::now();
+    let mut errors = Vec::new();
+    for handle in submitters {
+        match handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => errors.push(format!("{error:#}")),
+            Err(error) => errors.push(format!("a submitter panicked: {error}")),
+        }
+    }
+    shared.sending_done.store(true, Ordering::Relaxed);
+    let send_elapsed = send_start.elapsed();
+    let drained = drain(&shared, config.drain_timeout).await;
+    let total_elapsed = send_start.elapsed();
+    let cpu = own_cpu_time().saturating_sub(cpu_before);
+    stop.store(true, Ordering::Relaxed);
+    for handle in workers {
+        match handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => errors.push(format!("{error:#}")),
+            Err(error) => errors.push(format!("a worker panicked: {error}")),
+        }
+    }
+    progress_done.store(true, Ordering::Relaxed);
+    if let Some(progress) = progress {
+        let _ = progress.await;
+    }
+    if !errors.is_empty() && Counters::get(&shared.counters.acked) == 0 {
+        anyhow::bail!("the run failed: {}", errors.join("; "));
+    }
+    let mut warnings = self_checks(config, &shared, cpu, total_elapsed);
+    warnings.extend(errors.into_iter().map(|e| format!("error: {e}")));
+    if !drained {
+        warnings.push(format!(
+            "{} acknowledged jobs had not completed {} s after sending stopped",
+            shared.outstanding(),
+            config.drain_timeout.as_secs()
+        ));
+    }
+    let order = judge_order.then(|| {
+        shared
+            .order
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check()
+    });
+    let latencies = shared
+        .latencies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(RunResult {
+        target,
+        latencies,
+        shared,
+        order,
+        send_elapsed,
+        total_elapsed,
+        cpu,
+        drained,
+        warnings,
+    })
+}
+
 /// Waits until every acknowledged job completed, or the timeout; true when
 /// drained.
-pub async fn drain(shared: &Shared, timeout: Duration) -> bool {
+async fn drain(shared: &Shared, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if shared.outstanding() == 0 {
@@ -215,7 +299,7 @@ pub async fn drain(shared: &Shared, timeout: Duration) -> bool {
 }
 
 /// Warnings when the generator itself may have been the bottleneck.
-pub fn self_checks(
+fn self_checks(
     config: &RunConfig,
     shared: &Shared,
     cpu: Duration,
