@@ -56,15 +56,8 @@ pub enum ScheduleError {
 /// A cron expression (5 fields, or 6 with seconds first) in a time zone.
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    expression: String,
     cron: Cron,
     zone: chrono_tz::Tz,
-}
-
-impl PartialEq for Schedule {
-    fn eq(&self, other: &Schedule) -> bool {
-        self.expression == other.expression && self.zone == other.zone
-    }
 }
 
 impl Schedule {
@@ -82,15 +75,7 @@ impl Schedule {
         let zone = zone
             .parse::<chrono_tz::Tz>()
             .map_err(|_| ScheduleError::Zone(zone.to_string()))?;
-        Ok(Schedule {
-            expression: expression.to_string(),
-            cron,
-            zone,
-        })
-    }
-
-    pub fn expression(&self) -> &str {
-        &self.expression
+        Ok(Schedule { cron, zone })
     }
 
     pub fn zone(&self) -> &str {
@@ -149,7 +134,7 @@ pub fn start_floor(last_fired: Option<TimeMs>, start: TimeMs, missed: Missed) ->
 }
 
 /// One configured trigger.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Trigger {
     pub name: String,
     pub schedule: Schedule,

@@ -87,6 +87,19 @@ impl Serve {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the engine's log says `text`.
+    async fn wait_for_log(&self, text: &str) {
+        let start = tokio::time::Instant::now();
+        while !self.log().contains(text) {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no {text:?} in:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn signal(&self, signal: Signal) {
         let pid = rustix::process::Pid::from_raw(self.process.id().unwrap() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
@@ -251,11 +264,7 @@ async fn config_queues_are_applied_at_start_and_again_on_sighup() {
     // A bad file changes nothing.
     replace(&config, "[[queue]]\nname = \"builds\"\ndepth = 0\n");
     serve.signal(Signal::HUP);
-    let start = tokio::time::Instant::now();
-    while !serve.log().contains("was not reloaded") {
-        assert!(start.elapsed() < PATIENCE, "no reload:\n{}", serve.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serve.wait_for_log("was not reloaded").await;
     replace(&config, "[[queue]]\nname = \"builds\"\ndepth = 5\n");
     serve.signal(Signal::HUP);
     let start = tokio::time::Instant::now();
@@ -364,11 +373,7 @@ async fn sigusr1_drains_and_sigusr2_dispatches_again() {
         .expect("dispatched");
 
     serve.signal(Signal::USR1);
-    let start = tokio::time::Instant::now();
-    while !serve.log().contains("draining") {
-        assert!(start.elapsed() < PATIENCE, "no drain:\n{}", serve.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serve.wait_for_log("draining").await;
     let waiting = submitter.submit(run("during")).await.unwrap();
     assert_eq!(
         dispatch_within(&worker, Duration::from_millis(1_000)).await,

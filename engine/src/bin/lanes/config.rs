@@ -169,7 +169,7 @@ pub struct Config {
 
 /// The part of the configuration a reload applies: queues, tag limits,
 /// triggers.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Rules {
     pub queues: Vec<QueueConfig>,
     /// `None`: the file has no `[[tag_limit]]`, and the rules in force stay.
