@@ -551,13 +551,7 @@ impl Traffic {
         self.jobs_submitted += u64::from(self.jobs_per_run);
         for (job, attempt) in std::mem::take(&mut self.running) {
             self.handle(
-                Command::Complete {
-                    agent: self.agent,
-                    job,
-                    attempt,
-                    report: Report::Succeeded,
-                    exit_code: 0,
-                },
+                Command::complete_one(self.agent, job, attempt, Report::Succeeded, 0),
                 events,
             )?;
         }

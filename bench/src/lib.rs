@@ -427,17 +427,18 @@ impl CoreBench {
             let lease = self.leases[index];
             self.events.clear();
             let completed = self.scheduler.handle(
-                Command::Complete {
-                    agent: lease.agent,
-                    job: lease.job,
-                    attempt: lease.attempt,
-                    report: Report::Succeeded,
-                    exit_code: 0,
-                },
+                Command::complete_one(lease.agent, lease.job, lease.attempt, Report::Succeeded, 0),
                 now,
                 &mut self.events,
             );
-            assert_eq!(completed, Ok(Reply::Done), "completing {}", lease.job);
+            assert_eq!(
+                completed,
+                Ok(Reply::Completed {
+                    results: vec![Ok(())]
+                }),
+                "completing {}",
+                lease.job
+            );
             self.events.clear();
             let taken = self.scheduler.handle(
                 Command::TakeWork {

@@ -52,13 +52,7 @@ fn workload(runs: usize, batch: usize) -> (Vec<Vec<Event>>, Scheduler) {
             let attempt = scheduler.job(job).unwrap().attempt;
             scheduler
                 .handle(
-                    Command::Complete {
-                        agent,
-                        job,
-                        attempt,
-                        report: Report::Succeeded,
-                        exit_code: 0,
-                    },
+                    Command::complete_one(agent, job, attempt, Report::Succeeded, 0),
                     now,
                     &mut events,
                 )

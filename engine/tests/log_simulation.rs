@@ -101,13 +101,7 @@ fn simulate(seed: u64, durability: Durability) -> Result<(), String> {
                                 Some(job) => {
                                     let attempt =
                                         engine.writer.scheduler().job(job).map_or(0, |j| j.attempt);
-                                    Command::Complete {
-                                        agent,
-                                        job,
-                                        attempt,
-                                        report: Report::Succeeded,
-                                        exit_code: 0,
-                                    }
+                                    Command::complete_one(agent, job, attempt, Report::Succeeded, 0)
                                 }
                                 None => Command::Tick,
                             }

@@ -34,7 +34,7 @@ use lanes::model::{
     TagRule, TimeMs,
 };
 use lanes::sched::view::{AgentView, JobStatus, JobView};
-use lanes::sched::{Command, Event, EventKind, Scheduler, SchedulerConfig};
+use lanes::sched::{Command, Completion, Event, EventKind, Reply, Scheduler, SchedulerConfig};
 use proptest::collection::vec;
 use proptest::option::weighted;
 use proptest::prelude::*;
@@ -104,12 +104,9 @@ enum Op {
     Disconnect {
         agent: usize,
     },
-    /// Completes a running job (any job when none runs).
-    Complete {
-        pick: usize,
-        report: Report,
-        mistake: Mistake,
-    },
+    /// Completes running jobs (any job when none runs), one to three in
+    /// one command; the first one's agent sends them all.
+    Complete(Vec<(usize, Report, Mistake)>),
     CancelJob {
         pick: usize,
     },
@@ -362,13 +359,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(agent, count)| Op::TakeWork { agent, count }),
         2 => agent.clone().prop_map(|agent| Op::Heartbeat { agent }),
         1 => agent.prop_map(|agent| Op::Disconnect { agent }),
-        14 => (any::<usize>(), report, mistake).prop_map(|(pick, report, mistake)| {
-            Op::Complete {
-                pick,
-                report,
-                mistake,
-            }
-        }),
+        14 => vec((any::<usize>(), report, mistake), 1..=3).prop_map(Op::Complete),
         2 => any::<usize>().prop_map(|pick| Op::CancelJob { pick }),
         1 => any::<usize>().prop_map(|run| Op::CancelRun { run }),
         3 => (any::<usize>(), priority())
@@ -683,11 +674,7 @@ impl Harness {
             &Op::Disconnect { agent } => Command::Disconnect {
                 agent: AgentId(agent as u32),
             },
-            &Op::Complete {
-                pick,
-                report,
-                mistake,
-            } => {
+            Op::Complete(items) => {
                 let running: Vec<(JobId, AgentId, u32)> = self
                     .real
                     .jobs()
@@ -696,23 +683,31 @@ impl Harness {
                         _ => None,
                     })
                     .collect();
-                let (job, agent, attempt) = if running.is_empty() {
-                    (self.pick_job(pick), AgentId(0), 1)
-                } else {
-                    running[pick % running.len()]
-                };
-                let (agent, attempt) = match mistake {
-                    Mistake::None => (agent, attempt),
-                    Mistake::AttemptAhead => (agent, attempt + 1),
-                    Mistake::AttemptBehind => (agent, attempt - 1),
-                    Mistake::OtherAgent => (AgentId(agent.0 + 1), attempt),
-                };
+                let mut sender = None;
+                let mut completions = Vec::new();
+                for &(pick, report, mistake) in items {
+                    let (job, agent, attempt) = if running.is_empty() {
+                        (self.pick_job(pick), AgentId(0), 1)
+                    } else {
+                        running[pick % running.len()]
+                    };
+                    let (agent, attempt) = match mistake {
+                        Mistake::None => (agent, attempt),
+                        Mistake::AttemptAhead => (agent, attempt + 1),
+                        Mistake::AttemptBehind => (agent, attempt - 1),
+                        Mistake::OtherAgent => (AgentId(agent.0 + 1), attempt),
+                    };
+                    sender.get_or_insert(agent);
+                    completions.push(Completion {
+                        job,
+                        attempt,
+                        report,
+                        exit_code: i32::from(report == Report::Failed),
+                    });
+                }
                 Command::Complete {
-                    agent,
-                    job,
-                    attempt,
-                    report,
-                    exit_code: i32::from(report == Report::Failed),
+                    agent: sender.unwrap_or(AgentId(0)),
+                    completions,
                 }
             }
             &Op::CancelJob { pick } => Command::CancelJob {
@@ -785,6 +780,17 @@ impl Harness {
         }
         self.trace.push(format!("    -> {reply:?}"));
         self.trace.extend(events.iter().map(describe));
+        if let Ok(Reply::Completed { results }) = &reply {
+            let accepted = results.iter().filter(|result| result.is_ok()).count();
+            let completed = events
+                .iter()
+                .filter(|event| matches!(event.kind, EventKind::JobCompleted { .. }))
+                .count();
+            ensure!(
+                accepted == completed,
+                "{accepted} completions accepted, {completed} JobCompleted events"
+            );
+        }
         if let Err(rejection) = &reply {
             ensure!(events.is_empty(), "the rejection {rejection} made events");
             ensure!(

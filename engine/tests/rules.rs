@@ -16,7 +16,7 @@ use lanes::model::{
 };
 use lanes::sched::view::{BlockReason, JobStatus, JobView};
 use lanes::sched::{
-    Command, Event, EventKind, JobKey, Rejection, Reply, Scheduler, SchedulerConfig,
+    Command, Completion, Event, EventKind, JobKey, Rejection, Reply, Scheduler, SchedulerConfig,
     LEASE_MS_DEFAULT,
 };
 
@@ -167,14 +167,70 @@ impl World {
             Report::Succeeded => 0,
             Report::Failed => 1,
         };
-        self.ok(Command::Complete {
+        let results = self.complete_all(
             agent,
+            vec![Completion {
+                job,
+                attempt,
+                report,
+                exit_code,
+            }],
+        );
+        if let Err(rejection) = &results[0] {
+            panic!("completing {job} was refused: {rejection}");
+        }
+        self.dispatched()
+    }
+
+    /// One `Complete` of many jobs; returns each one's result. Checks that
+    /// exactly the accepted ones were recorded, in order.
+    fn complete_all(
+        &mut self,
+        agent: AgentId,
+        completions: Vec<Completion>,
+    ) -> Vec<Result<(), Rejection>> {
+        let results = match self.ok(Command::Complete {
+            agent,
+            completions: completions.clone(),
+        }) {
+            Reply::Completed { results } => results,
+            reply => panic!("a Complete answered {reply:?}"),
+        };
+        assert_eq!(results.len(), completions.len());
+        let accepted: Vec<JobId> = completions
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(completion, _)| completion.job)
+            .collect();
+        let recorded: Vec<JobId> = self
+            .last
+            .iter()
+            .filter_map(|event| match event.kind {
+                EventKind::JobCompleted { job, .. } => Some(job),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recorded, accepted, "completions recorded");
+        results
+    }
+
+    /// A `Complete` of one job that must be refused; it changes nothing.
+    fn reject_completion(&mut self, agent: AgentId, job: JobId, attempt: u32) -> Rejection {
+        let digest_before = self.scheduler.digest();
+        let completion = Completion {
             job,
             attempt,
-            report,
-            exit_code,
-        });
-        self.dispatched()
+            report: Report::Succeeded,
+            exit_code: 0,
+        };
+        let mut results = self.complete_all(agent, vec![completion]);
+        assert!(self.last.is_empty(), "a refused completion made events");
+        assert_eq!(self.scheduler.digest(), digest_before);
+        match results.pop() {
+            Some(Err(rejection)) => rejection,
+            result => panic!("completing {job} answered {result:?}"),
+        }
     }
 
     fn succeed(&mut self, agent: AgentId, job: JobId) -> Vec<JobId> {
@@ -1473,13 +1529,7 @@ fn lease_completion_with_a_stale_attempt_is_rejected_and_recorded_once() {
         slots: 1,
         running: vec![(job, 1)],
     });
-    let rejection = world.reject(Command::Complete {
-        agent: first,
-        job,
-        attempt: 1,
-        report: Report::Succeeded,
-        exit_code: 0,
-    });
+    let rejection = world.reject_completion(first, job, 1);
     assert_eq!(
         rejection,
         Rejection::StaleAttempt {
@@ -1499,13 +1549,7 @@ fn lease_completion_with_a_stale_attempt_is_rejected_and_recorded_once() {
             at: world.now
         }
     );
-    let rejection = world.reject(Command::Complete {
-        agent: second,
-        job,
-        attempt: 2,
-        report: Report::Succeeded,
-        exit_code: 0,
-    });
+    let rejection = world.reject_completion(second, job, 2);
     assert_eq!(
         rejection,
         Rejection::AlreadyFinished {
@@ -1519,6 +1563,93 @@ fn lease_completion_with_a_stale_attempt_is_rejected_and_recorded_once() {
         .filter(|event| matches!(event.kind, EventKind::JobCompleted { job: j, .. } if j == job))
         .count();
     assert_eq!(completions, 1);
+}
+
+#[test]
+fn completion_batch_judges_each_in_order_and_dispatches_after_all() {
+    let mut world = World::new();
+    world.put_queue(QueueConfig {
+        action_concurrency: Some(3),
+        ..QueueConfig::new("capped")
+    });
+    let ids = world.submit(run_of(jobs(5)).queue("capped"));
+    let agent = world.worker("worker", 5);
+    assert_eq!(world.take(agent, 5), ids[..3]);
+    let completion = |job: JobId, attempt: u32| Completion {
+        job,
+        attempt,
+        report: Report::Succeeded,
+        exit_code: 0,
+    };
+
+    let results = world.complete_all(
+        agent,
+        vec![
+            completion(ids[0], 1),
+            completion(ids[1], 2),
+            completion(ids[0], 1),
+            completion(ids[2], 1),
+            completion(ids[4], 0),
+        ],
+    );
+    assert_eq!(
+        results,
+        [
+            Ok(()),
+            Err(Rejection::StaleAttempt {
+                job: ids[1],
+                reported: 2,
+                current: 1
+            }),
+            Err(Rejection::AlreadyFinished {
+                job: ids[0],
+                state: "SUCCEEDED"
+            }),
+            Ok(()),
+            Err(Rejection::NotRunningOn { job: ids[4], agent }),
+        ]
+    );
+    // The queue's two freed places are filled after the whole batch.
+    let kinds: Vec<&str> = world
+        .last
+        .iter()
+        .map(|event| match event.kind {
+            EventKind::JobCompleted { .. } => "completed",
+            EventKind::JobDispatched { .. } => "dispatched",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["completed", "completed", "dispatched", "dispatched"]
+    );
+    assert_eq!(world.dispatched(), ids[3..]);
+    assert!(matches!(world.status(ids[1]), JobStatus::Running { .. }));
+}
+
+#[test]
+fn completion_batch_from_an_unknown_agent_or_over_the_limit_changes_nothing() {
+    let mut world = World::new();
+    let job = world.submit_one(one_job());
+    let agent = world.worker("worker", 1);
+    assert_eq!(world.take(agent, 1), [job]);
+    let completion = Completion {
+        job,
+        attempt: 1,
+        report: Report::Succeeded,
+        exit_code: 0,
+    };
+    let rejection = world.reject(Command::Complete {
+        agent: AgentId(7),
+        completions: vec![completion],
+    });
+    assert_eq!(rejection, Rejection::UnknownAgent(AgentId(7)));
+    let rejection = world.reject(Command::Complete {
+        agent,
+        completions: vec![completion; lanes::sched::COMPLETIONS_PER_COMMAND_MAX + 1],
+    });
+    assert_eq!(rejection.code(), ErrorCode::InvalidArgument);
+    assert!(matches!(world.status(job), JobStatus::Running { .. }));
 }
 
 #[test]

@@ -21,6 +21,8 @@ use crate::log::store::{LogReader, LogStore, StoreError, Syncer};
 use crate::model::Seq;
 
 const RECORDS_TREE: &str = "records";
+/// How long an open waits for sled's lock on the folder.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct SledStore {
     path: PathBuf,
@@ -40,17 +42,34 @@ impl SledStore {
         let config = sled::Config::new()
             .path(path.join("log"))
             .flush_every_ms(None);
-        // sled 0.34 can panic on a damaged database instead of failing.
-        let db = catch_unwind(AssertUnwindSafe(|| config.open()))
-            .map_err(|panic| {
+        // sled releases its file lock when the last of its threads lets go
+        // of a closed database, a moment after the close: a reopen in the
+        // same process (a restart, a repair) waits for it, briefly.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            // sled 0.34 can panic on a damaged database instead of failing.
+            let opened = catch_unwind(AssertUnwindSafe(|| config.open())).map_err(|panic| {
                 let what = panic
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown panic".to_string());
                 open_error(format!("sled panicked while opening the database: {what}"))
-            })?
-            .map_err(|e| open_error(e.to_string()))?;
+            })?;
+            match opened {
+                Ok(db) => break db,
+                Err(e) if lock_held(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) if lock_held(&e) => {
+                    return Err(open_error(format!(
+                        "another process has the log open (its lock was held for {} s): {e}",
+                        LOCK_WAIT.as_secs()
+                    )))
+                }
+                Err(e) => return Err(open_error(e.to_string())),
+            }
+        };
         let records = db
             .open_tree(RECORDS_TREE)
             .map_err(|e| open_error(e.to_string()))?;
@@ -118,6 +137,11 @@ impl LogStore for SledStore {
             records: self.records.clone(),
         })
     }
+}
+
+/// sled says a folder is locked only in its message (kind `Other`).
+fn lock_held(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(e) if e.to_string().starts_with("could not acquire lock"))
 }
 
 struct SledReader {

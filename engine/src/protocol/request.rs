@@ -207,3 +207,14 @@ wire_struct! {
         pub exit_code: i32,
     }
 }
+
+impl From<Completion> for crate::sched::Completion {
+    fn from(c: Completion) -> crate::sched::Completion {
+        crate::sched::Completion {
+            job: c.job,
+            attempt: c.attempt,
+            report: c.report,
+            exit_code: c.exit_code,
+        }
+    }
+}

@@ -60,12 +60,13 @@ pub enum Command {
     Disconnect {
         agent: AgentId,
     },
+    /// The agent reports finished jobs. Each completion is judged on its
+    /// own, in order, and answered in [`Reply::Completed`]: a refused one
+    /// changes nothing, the others are applied. One command, so a batch is
+    /// made durable once and nothing else is applied between its parts.
     Complete {
         agent: AgentId,
-        job: JobId,
-        attempt: u32,
-        report: Report,
-        exit_code: i32,
+        completions: Vec<Completion>,
     },
     /// Time passed: expire leases, queue timeouts and deadlines due by now.
     Tick,
@@ -84,6 +85,37 @@ pub enum Command {
     SetDraining {
         draining: bool,
     },
+}
+
+/// One finished job, as its agent saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub job: JobId,
+    /// The attempt the agent ran: a report for an older attempt is stale.
+    pub attempt: u32,
+    pub report: Report,
+    pub exit_code: i32,
+}
+
+impl Command {
+    /// A `Complete` of one job.
+    pub fn complete_one(
+        agent: AgentId,
+        job: JobId,
+        attempt: u32,
+        report: Report,
+        exit_code: i32,
+    ) -> Command {
+        Command::Complete {
+            agent,
+            completions: vec![Completion {
+                job,
+                attempt,
+                report,
+                exit_code,
+            }],
+        }
+    }
 }
 
 /// What a command answers besides its events.
@@ -111,5 +143,9 @@ pub enum Reply {
     /// paused-forever configuration) and the firing still counts.
     Fired {
         submitted: Result<(RunId, JobId, u32), Rejection>,
+    },
+    /// One result per completion of a `Complete`, in the same order.
+    Completed {
+        results: Vec<Result<(), Rejection>>,
     },
 }

@@ -10,7 +10,7 @@ use crate::model::{
     StopReason, TagMatch, TagRule, TimeMs, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
     JOBS_PER_SUBMISSION_MAX, PRIORITY_TAG_KEYS, TAGS_PER_JOB_MAX, VALUE_LENGTH_MAX,
 };
-use crate::sched::command::{Command, Reply};
+use crate::sched::command::{Command, Completion, Reply};
 use crate::sched::event::{Event, EventKind, NewJob, RunSubmitted};
 use crate::sched::rejection::Rejection;
 use crate::sched::tables::JobState;
@@ -24,6 +24,8 @@ const AGENT_SLOTS_MAX: u32 = 100_000;
 const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 256;
 /// Most tag concurrency rules.
 const TAG_RULES_MAX: usize = 1_024;
+/// Most completions in one `Complete`: bounds the writer's time on it.
+pub const COMPLETIONS_PER_COMMAND_MAX: usize = 10_000;
 
 impl Scheduler {
     pub(super) fn decide(
@@ -206,43 +208,22 @@ impl Scheduler {
                 }
                 Ok(Reply::Done)
             }
-            Command::Complete {
-                agent,
-                job,
-                attempt,
-                report,
-                exit_code,
-            } => {
+            Command::Complete { agent, completions } => {
                 self.check_agent(agent)?;
-                let found = self.jobs.get(job).ok_or(Rejection::UnknownJob(job))?;
-                if attempt != found.attempt {
-                    return Err(Rejection::StaleAttempt {
-                        job,
-                        reported: attempt,
-                        current: found.attempt,
-                    });
+                if completions.len() > COMPLETIONS_PER_COMMAND_MAX {
+                    return Err(Rejection::invalid(
+                        "completions",
+                        format!(
+                            "{} in one command, over the limit of {COMPLETIONS_PER_COMMAND_MAX}",
+                            completions.len()
+                        ),
+                    ));
                 }
-                match found.state {
-                    JobState::Running { agent: holder, .. } if holder == agent => {}
-                    JobState::Finished { outcome, .. } => {
-                        return Err(Rejection::AlreadyFinished {
-                            job,
-                            state: outcome.name(),
-                        })
-                    }
-                    _ => return Err(Rejection::NotRunningOn { job, agent }),
-                }
-                self.emit(
-                    now,
-                    EventKind::JobCompleted {
-                        job,
-                        attempt,
-                        report,
-                        exit_code,
-                    },
-                    events,
-                );
-                Ok(Reply::Done)
+                let results = completions
+                    .into_iter()
+                    .map(|completion| self.decide_completion(agent, completion, now, events))
+                    .collect();
+                Ok(Reply::Completed { results })
             }
             Command::Tick => {
                 let more = self.expire_due(now, events);
@@ -468,6 +449,52 @@ impl Scheduler {
                 priority,
             });
         }
+        Ok(())
+    }
+
+    /// One completion of a `Complete`: every check before its one event,
+    /// so a refused completion changes nothing.
+    fn decide_completion(
+        &mut self,
+        agent: AgentId,
+        completion: Completion,
+        now: TimeMs,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Rejection> {
+        let Completion {
+            job,
+            attempt,
+            report,
+            exit_code,
+        } = completion;
+        let found = self.jobs.get(job).ok_or(Rejection::UnknownJob(job))?;
+        if attempt != found.attempt {
+            return Err(Rejection::StaleAttempt {
+                job,
+                reported: attempt,
+                current: found.attempt,
+            });
+        }
+        match found.state {
+            JobState::Running { agent: holder, .. } if holder == agent => {}
+            JobState::Finished { outcome, .. } => {
+                return Err(Rejection::AlreadyFinished {
+                    job,
+                    state: outcome.name(),
+                })
+            }
+            _ => return Err(Rejection::NotRunningOn { job, agent }),
+        }
+        self.emit(
+            now,
+            EventKind::JobCompleted {
+                job,
+                attempt,
+                report,
+                exit_code,
+            },
+            events,
+        );
         Ok(())
     }
 

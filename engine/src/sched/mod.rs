@@ -30,8 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::FxHashMap;
 
 use crate::model::{AgentId, JobId, QueueConfig, RunId, Seq, TimeMs, DEFAULT_QUEUE};
-pub use command::{Command, Reply};
-pub use decide::{check_queue_config, check_tag_rules};
+pub use command::{Command, Completion, Reply};
+pub use decide::{check_queue_config, check_tag_rules, COMPLETIONS_PER_COMMAND_MAX};
 pub use event::{Event, EventKind, NewJob, RunSubmitted};
 pub use image::{AgentImage, Image, ImageError, JobImage, JobStateImage, QueueImage, RunImage};
 pub use index::JobKey;

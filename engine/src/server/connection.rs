@@ -573,7 +573,6 @@ impl Session {
         };
         enum Work {
             Command(Command),
-            Complete(AgentId, Vec<crate::protocol::Completion>),
             Read(Box<dyn FnOnce(&crate::sched::Scheduler) -> Message + Send>),
             Watch(WatchTarget),
             /// Answered here, then the dispatches held for it follow.
@@ -621,7 +620,12 @@ impl Session {
             Message::Heartbeat(_) => Work::Command(Command::Heartbeat {
                 agent: needs_agent()?,
             }),
-            Message::Complete(m) => Work::Complete(needs_agent()?, m.completions),
+            // One command for the whole list: made durable once, and no
+            // later request of this connection is applied between its parts.
+            Message::Complete(m) => Work::Command(Command::Complete {
+                agent: needs_agent()?,
+                completions: m.completions.into_iter().map(Into::into).collect(),
+            }),
             Message::GetJob(m) => Work::Read(Box::new(move |s| match s.job(m.job) {
                 Some(view) => Message::JobInfo(JobInfo::from(&view)),
                 None => not_found(format!("{} not found", m.job)),
@@ -681,24 +685,6 @@ impl Session {
                     output.send(request_id, answer);
                     registry.take_answered(agent, connection, request_id);
                     return (request_id, None);
-                }
-                Work::Complete(agent, completions) => {
-                    let mut results = Vec::with_capacity(completions.len());
-                    for c in completions {
-                        let command = Command::Complete {
-                            agent,
-                            job: c.job,
-                            attempt: c.attempt,
-                            report: c.report,
-                            exit_code: c.exit_code,
-                        };
-                        results.push(match driver.command(command).await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err(rejection)) => Err(ErrorAnswer::from(&rejection)),
-                            Err(_) => Err(unavailable()),
-                        });
-                    }
-                    Message::CompleteResults(CompleteResults { results })
                 }
                 Work::Read(read) => match driver.read(read).await {
                     Ok(message) => message,
@@ -839,6 +825,12 @@ fn reply_message(reply: Reply) -> Message {
             replayed,
         }),
         Reply::Registered { agent } => Message::Registered(Registered { agent }),
+        Reply::Completed { results } => Message::CompleteResults(CompleteResults {
+            results: results
+                .iter()
+                .map(|result| result.as_ref().copied().map_err(ErrorAnswer::from))
+                .collect(),
+        }),
         Reply::Done | Reply::Ticked { .. } | Reply::Fired { .. } => Message::Done(Done),
     }
 }

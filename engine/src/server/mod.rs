@@ -54,8 +54,9 @@ pub struct Limits {
     /// Bytes waiting to be written to one connection; a client that does
     /// not read its answers is disconnected at this bound.
     pub output_bytes_max: usize,
-    /// Completions in one `Complete`: each becomes a command of its own,
-    /// so one request cannot hold the writer for long.
+    /// Completions in one `Complete`, which the writer applies as one
+    /// command: bounds its time on one request. At most
+    /// [`crate::sched::COMPLETIONS_PER_COMMAND_MAX`].
     pub completions_per_request_max: usize,
 }
 

@@ -237,6 +237,13 @@ pub fn parse(text: &str) -> Result<Config, String> {
         output_bytes_max,
         completions_per_request_max
     );
+    let most = lanes::sched::COMPLETIONS_PER_COMMAND_MAX;
+    if limits.completions_per_request_max > most {
+        return Err(format!(
+            "[limits] completions_per_request_max = {}: at most {most} (one request is one command on the writer)",
+            limits.completions_per_request_max
+        ));
+    }
     for entry in file.tokens {
         let span = entry.span();
         let entry = entry.into_inner();
@@ -462,6 +469,12 @@ steps = [{ command = "make report" }, "wait", { command = "make publish" }]
         assert!(
             zero.starts_with("line 2: queue \"a\": depth: must be at least 1"),
             "{zero}"
+        );
+
+        let completions = error("[limits]\ncompletions_per_request_max = 20000\n");
+        assert!(
+            completions.starts_with("[limits] completions_per_request_max = 20000: at most 10000"),
+            "{completions}"
         );
 
         let twice = error("[[queue]]\nname = \"a\"\n[[queue]]\nname = \"a\"\n");
