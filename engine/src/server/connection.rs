@@ -573,6 +573,12 @@ impl Session {
         };
         enum Work {
             Command(Command),
+            /// Always answered with one result per completion: a refusal
+            /// of the whole list (the agent's lease ran out) is each one's.
+            Complete {
+                agent: AgentId,
+                completions: Vec<crate::sched::Completion>,
+            },
             Read(Box<dyn FnOnce(&crate::sched::Scheduler) -> Message + Send>),
             Watch(WatchTarget),
             /// Answered here, then the dispatches held for it follow.
@@ -622,10 +628,10 @@ impl Session {
             }),
             // One command for the whole list: made durable once, and no
             // later request of this connection is applied between its parts.
-            Message::Complete(m) => Work::Command(Command::Complete {
+            Message::Complete(m) => Work::Complete {
                 agent: needs_agent()?,
                 completions: m.completions.into_iter().map(Into::into).collect(),
-            }),
+            },
             Message::GetJob(m) => Work::Read(Box::new(move |s| match s.job(m.job) {
                 Some(view) => Message::JobInfo(JobInfo::from(&view)),
                 None => not_found(format!("{} not found", m.job)),
@@ -679,6 +685,16 @@ impl Session {
                     return (request_id, None);
                 }
                 Work::Command(command) => command_answer(&driver, command).await,
+                Work::Complete { agent, completions } => {
+                    let count = completions.len();
+                    let command = Command::Complete { agent, completions };
+                    match command_answer(&driver, command).await {
+                        Message::Error(error) => Message::CompleteResults(CompleteResults {
+                            results: vec![Err(error); count],
+                        }),
+                        answer => answer,
+                    }
+                }
                 Work::Take(agent, command) => {
                     let answer = command_answer(&driver, command).await;
                     answering.remove(request_id);
