@@ -484,23 +484,19 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
             buffer.drain(..frame_length);
             return Ok(Some(frame));
         }
+        // Into the spare capacity, without zeroing it first.
         let start = buffer.len();
-        buffer.resize(start + 64 * 1024, 0);
-        let read = reader.read(&mut buffer[start..]).await;
-        match read {
+        buffer.reserve(64 * 1024);
+        match reader.read_buf(buffer).await {
             Ok(0) => {
-                buffer.truncate(start);
                 return if start == 0 {
                     Ok(None)
                 } else {
                     Err(ClientError::Closed)
                 };
             }
-            Ok(n) => buffer.truncate(start + n),
-            Err(error) => {
-                buffer.truncate(start);
-                return Err(error.into());
-            }
+            Ok(_) => {}
+            Err(error) => return Err(error.into()),
         }
     }
 }

@@ -6,13 +6,15 @@
 //! - one record per group-commit batch, so sled's per-insert cost is paid per
 //!   batch, not per event;
 //! - sled's background flusher is off; the engine's single syncer thread is
-//!   the only caller of `flush`, and after it fdatasyncs every file of the
-//!   database, so `sync` reaches stable storage;
+//!   the only caller of `flush`, and after it fdatasyncs sled's main file,
+//!   every file it has not synced before and every folder whose entries
+//!   changed, so `sync` reaches stable storage;
 //! - a panic inside sled's open becomes a clear error;
 //! - records carry our own checksums and gap-free sequences (see `format`),
 //!   so replay proves it saw everything.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,8 @@ use crate::log::store::{LogReader, LogStore, StoreError, Syncer};
 use crate::model::Seq;
 
 const RECORDS_TREE: &str = "records";
+/// sled 0.34's one file of log segments, in its folder.
+const MAIN_FILE: &str = "db";
 /// How long an open waits for sled's lock on the folder.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -128,7 +132,9 @@ impl LogStore for SledStore {
         Box::new(SledSyncer {
             db: self.db.clone(),
             folder: self.path.join("log"),
-            synced_blobs: HashSet::new(),
+            main_file: None,
+            synced_files: HashMap::new(),
+            synced_listings: HashMap::new(),
         })
     }
 
@@ -192,10 +198,16 @@ fn remove_before_in(records: &sled::Tree, seq: Seq) -> Result<(), StoreError> {
 struct SledSyncer {
     db: sled::Db,
     folder: PathBuf,
-    /// Blob files already made durable. sled never rewrites a blob (it
-    /// writes a new one and deletes the old), so each is synced once: the
-    /// cost of a sync does not grow with the number of blobs.
-    synced_blobs: HashSet<PathBuf>,
+    /// sled's main file, which it writes in place: synced every time.
+    main_file: Option<File>,
+    /// Every other file already made durable, with its inode. sled writes
+    /// each of those once (`conf` at creation; its snapshots and blobs as
+    /// new files, renamed into place), so each is synced once: the cost of
+    /// a sync does not grow with the number of files.
+    synced_files: HashMap<PathBuf, u64>,
+    /// Each folder's entries (name, inode) as of its last fsync: a folder
+    /// is synced again only when they change.
+    synced_listings: HashMap<PathBuf, Vec<(OsString, u64)>>,
 }
 
 impl Syncer for SledSyncer {
@@ -207,49 +219,65 @@ impl Syncer for SledSyncer {
             reason: e.to_string(),
         })?;
         // sled's flush stops at sync_file_range: make it reach the disk.
-        let mut present = HashSet::new();
-        fdatasync_tree(&self.folder, &self.synced_blobs, &mut present)
+        if self.main_file.is_none() {
+            let main = File::open(self.folder.join(MAIN_FILE))
+                .map_err(|e| sync_error("opening sled's main file", e))?;
+            self.main_file = Some(main);
+        }
+        if let Some(main) = &self.main_file {
+            main.sync_data()
+                .map_err(|e| sync_error("fdatasync of sled's main file", e))?;
+        }
+        let mut present = HashMap::new();
+        let folder = self.folder.clone();
+        self.sync_folder(&folder, &mut present)
             .map_err(|e| sync_error("fdatasync of the log files", e))?;
-        // Forget blobs sled deleted; remember the ones synced now.
-        self.synced_blobs = present;
+        // Forget files sled deleted.
+        self.synced_files = present;
         Ok(())
     }
 }
 
-/// fdatasyncs every regular file under `folder` except blobs synced
-/// before, and the folders themselves (new files must be reachable after a
-/// crash). A file that vanishes between listing and opening was deleted by
-/// sled (a replaced blob): it holds nothing to make durable.
-fn fdatasync_tree(
-    folder: &Path,
-    synced_blobs: &HashSet<PathBuf>,
-    present: &mut HashSet<PathBuf>,
-) -> std::io::Result<()> {
-    let in_blobs = folder.file_name().is_some_and(|name| name == "blobs");
-    for entry in std::fs::read_dir(folder)? {
-        let entry = entry?;
-        let path = entry.path();
-        let kind = match entry.file_type() {
-            Ok(kind) => kind,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if kind.is_dir() {
-            fdatasync_tree(&path, synced_blobs, present)?;
-        } else if kind.is_file() {
-            if in_blobs && synced_blobs.contains(&path) {
-                present.insert(path);
-                continue;
-            }
-            match File::open(&path) {
-                Ok(file) => file.sync_data()?,
+impl SledSyncer {
+    /// Syncs the files under `folder` not synced before (by path and
+    /// inode), then the folder itself if its entries changed, so new files
+    /// are reachable after a crash. A file that vanishes between listing
+    /// and opening was deleted by sled (a replaced blob or snapshot): it
+    /// holds nothing to make durable.
+    fn sync_folder(
+        &mut self,
+        folder: &Path,
+        present: &mut HashMap<PathBuf, u64>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::DirEntryExt;
+        let mut listing = Vec::new();
+        for entry in std::fs::read_dir(folder)? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = match entry.file_type() {
+                Ok(kind) => kind,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
-            }
-            if in_blobs {
-                present.insert(path);
+            };
+            listing.push((entry.file_name(), entry.ino()));
+            if kind.is_dir() {
+                self.sync_folder(&path, present)?;
+            } else if kind.is_file() && path != self.folder.join(MAIN_FILE) {
+                if self.synced_files.get(&path) != Some(&entry.ino()) {
+                    match File::open(&path) {
+                        Ok(file) => file.sync_data()?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                present.insert(path, entry.ino());
             }
         }
+        listing.sort_unstable();
+        if self.synced_listings.get(folder) != Some(&listing) {
+            File::open(folder)?.sync_all()?;
+            self.synced_listings.insert(folder.to_path_buf(), listing);
+        }
+        Ok(())
     }
-    File::open(folder)?.sync_all()
 }

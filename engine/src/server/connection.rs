@@ -918,15 +918,17 @@ async fn next_frame<R: AsyncRead + Unpin>(
         }
         // Read more: at most what the frame can still need, so memory is
         // bounded by the limit, not by what the peer declared.
+        // Into the spare capacity: nothing is zeroed first, however small
+        // the read.
         let start = buffer.len();
         let room = READ_CHUNK.min(frame_length_max.saturating_sub(start).max(1));
-        buffer.resize(start + room, 0);
-        let read = reader.read(&mut buffer[start..]);
+        buffer.reserve(room);
+        let mut spare = bytes::BufMut::limit(&mut *buffer, room);
+        let read = reader.read_buf(&mut spare);
         let read = match (idle, start > 0) {
             (Some(idle), true) => match timeout(idle, read).await {
                 Ok(read) => read,
                 Err(_) => {
-                    buffer.truncate(start);
                     return Err(connection_error(
                         ErrorCode::InvalidArgument,
                         format!("a frame stayed incomplete for {} ms", idle.as_millis()),
@@ -936,11 +938,8 @@ async fn next_frame<R: AsyncRead + Unpin>(
             _ => read.await,
         };
         match read {
-            Ok(0) | Err(_) => {
-                buffer.truncate(start);
-                return Err(Close::Peer);
-            }
-            Ok(n) => buffer.truncate(start + n),
+            Ok(0) | Err(_) => return Err(Close::Peer),
+            Ok(_) => {}
         }
     }
 }
