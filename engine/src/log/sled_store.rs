@@ -23,6 +23,12 @@ use crate::log::store::{LogReader, LogStore, StoreError, Syncer};
 use crate::model::Seq;
 
 const RECORDS_TREE: &str = "records";
+/// Largest value stored in one piece. sled keeps up to 17 values in a
+/// leaf and writes a leaf larger than a quarter of its 512 KiB segment as
+/// a blob: a file of its own, created and fsynced each time. A larger
+/// record is stored in parts under (sequence, part) keys, so no leaf ever
+/// becomes a blob.
+const PART_BYTES_MAX: usize = 6 << 10;
 /// sled 0.34's one file of log segments, in its folder.
 const MAIN_FILE: &str = "db";
 /// How long an open waits for sled's lock on the folder.
@@ -107,23 +113,41 @@ impl LogReader for SledStore {
 
 impl LogStore for SledStore {
     fn write(&mut self, first_seq: Seq, record: &[u8]) -> Result<(), StoreError> {
-        self.records
-            .insert(first_seq.to_be_bytes(), record)
-            .map(|_| ())
-            .map_err(|e| StoreError::Write {
+        let write_error = |e: sled::Error| StoreError::Write {
+            seq: first_seq,
+            reason: e.to_string(),
+        };
+        if record.len() <= PART_BYTES_MAX {
+            return self
+                .records
+                .insert(first_seq.to_be_bytes(), record)
+                .map(|_| ())
+                .map_err(write_error);
+        }
+        // sled applies a batch whole or not at all, after a crash too.
+        let mut batch = sled::Batch::default();
+        for (part, bytes) in record.chunks(PART_BYTES_MAX).enumerate() {
+            let part = u32::try_from(part).map_err(|_| StoreError::Write {
                 seq: first_seq,
-                reason: e.to_string(),
-            })
+                reason: format!("a record of {} bytes has too many parts", record.len()),
+            })?;
+            batch.insert(&part_key(first_seq, part)[..], bytes);
+        }
+        self.records.apply_batch(batch).map_err(write_error)
     }
 
     fn remove(&mut self, seq: Seq) -> Result<(), StoreError> {
-        self.records
-            .remove(seq.to_be_bytes())
-            .map(|_| ())
-            .map_err(|e| StoreError::Remove {
-                seq,
-                reason: e.to_string(),
-            })
+        let remove_error = |e: sled::Error| StoreError::Remove {
+            seq,
+            reason: e.to_string(),
+        };
+        // The record's key and every part key that starts with it.
+        let mut batch = sled::Batch::default();
+        let (first, last) = (seq.to_be_bytes(), part_key(seq, u32::MAX));
+        for key in self.records.range(&first[..]..=&last[..]).keys() {
+            batch.remove(key.map_err(remove_error)?);
+        }
+        self.records.apply_batch(batch).map_err(remove_error)
     }
 
     fn syncer(&mut self) -> Box<dyn Syncer> {
@@ -169,18 +193,60 @@ fn scan_tree(
     from: Seq,
     visit: &mut dyn FnMut(Seq, &[u8]) -> bool,
 ) -> Result<(), StoreError> {
+    let read_error = |e: sled::Error| StoreError::Read {
+        reason: e.to_string(),
+    };
+    // A record stored in parts, being put together: its sequence and bytes.
+    // Its checksum, checked by the caller, proves no part is missing.
+    let mut parts: Option<(Seq, Vec<u8>)> = None;
     for entry in records.range(from.to_be_bytes()..) {
-        let (key, value) = entry.map_err(|e| StoreError::Read {
-            reason: e.to_string(),
-        })?;
-        let key: [u8; 8] = key.as_ref().try_into().map_err(|_| StoreError::Read {
-            reason: format!("a record key is {} bytes, not 8", key.len()),
-        })?;
-        if !visit(u64::from_be_bytes(key), &value) {
-            break;
+        let (key, value) = entry.map_err(read_error)?;
+        let (seq, is_part) = match key.len() {
+            8 => (key_seq(&key), false),
+            12 => (key_seq(&key), true),
+            length => {
+                return Err(StoreError::Read {
+                    reason: format!("a record key is {length} bytes, not 8 or 12"),
+                })
+            }
+        };
+        if let Some((pending, _)) = &parts {
+            if !is_part || *pending != seq {
+                let (pending, bytes) = parts.take().expect("checked just above");
+                if !visit(pending, &bytes) {
+                    return Ok(());
+                }
+            }
+        }
+        if is_part {
+            parts
+                .get_or_insert_with(|| (seq, Vec::new()))
+                .1
+                .extend_from_slice(&value);
+        } else if !visit(seq, &value) {
+            return Ok(());
         }
     }
+    if let Some((seq, bytes)) = parts {
+        visit(seq, &bytes);
+    }
     Ok(())
+}
+
+/// The sequence a key starts with (the key is 8 or 12 bytes).
+fn key_seq(key: &[u8]) -> Seq {
+    let mut seq = [0; 8];
+    seq.copy_from_slice(&key[..8]);
+    Seq::from_be_bytes(seq)
+}
+
+/// The key of part `part` of the record at `seq`: after the record's own
+/// key and before the next record's, in sled's byte order.
+fn part_key(seq: Seq, part: u32) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8..].copy_from_slice(&part.to_be_bytes());
+    key
 }
 
 fn remove_before_in(records: &sled::Tree, seq: Seq) -> Result<(), StoreError> {
@@ -279,5 +345,73 @@ impl SledSyncer {
             self.synced_listings.insert(folder.to_path_buf(), listing);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each record as (sequence, length, checksum): short when it fails.
+    fn records(store: &SledStore, from: Seq) -> Vec<(Seq, usize, u32)> {
+        let mut seen = Vec::new();
+        store
+            .scan(from, &mut |seq, bytes| {
+                seen.push((seq, bytes.len(), crc32c::crc32c(bytes)));
+                true
+            })
+            .unwrap();
+        seen
+    }
+
+    /// Bytes that differ at every position, so a part out of place shows.
+    fn record(length: usize, salt: u8) -> Vec<u8> {
+        (0..length).map(|i| (i % 251) as u8 ^ salt).collect()
+    }
+
+    #[test]
+    fn large_records_are_stored_in_parts_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SledStore::open(dir.path()).unwrap();
+        let mut syncer = store.syncer();
+        let sizes = [10, PART_BYTES_MAX, PART_BYTES_MAX + 1, 100_000, 3, 1 << 20];
+        let mut expected = Vec::new();
+        let mut seq = 1;
+        for (i, &size) in sizes.iter().enumerate() {
+            let bytes = record(size, i as u8);
+            store.write(seq, &bytes).unwrap();
+            expected.push((seq, bytes.len(), crc32c::crc32c(&bytes)));
+            seq += 1_000;
+        }
+        syncer.sync().unwrap();
+        assert_eq!(records(&store, 0), expected);
+        // From the start of a record in parts, and past it.
+        assert_eq!(records(&store, 3_001), expected[3..]);
+        assert_eq!(records(&store, 3_002), expected[4..]);
+        // A visit that stops at a record in parts.
+        let mut visited = 0;
+        store
+            .scan(0, &mut |seq, _| {
+                visited += 1;
+                seq < 2_001
+            })
+            .unwrap();
+        assert_eq!(visited, 3);
+        // Nothing became a blob file.
+        let blobs = std::fs::read_dir(dir.path().join("log/blobs")).unwrap();
+        assert_eq!(blobs.count(), 0);
+
+        // Removing a record removes all its parts, and only them.
+        store.remove(3_001).unwrap();
+        let mut left = expected.clone();
+        left.remove(3);
+        assert_eq!(records(&store, 0), left);
+        store.remove_before(5_001).unwrap();
+        assert_eq!(records(&store, 0), left[4..]);
+        drop(syncer);
+        drop(store);
+
+        let reopened = SledStore::open(dir.path()).unwrap();
+        assert_eq!(records(&reopened, 0), left[4..]);
     }
 }
