@@ -16,7 +16,7 @@
 //! - `replay/*`: a pre-encoded log applied to a fresh scheduler, through
 //!   `lanes::replay::replay`, and the apply alone.
 //!
-//! Run: `cargo bench -p lanes-bench --bench micro` (about 4 minutes on 2
+//! Run: `cargo bench -p lanes-bench --bench micro` (about 3.5 minutes on 2
 //! cores); a filter selects benchmarks (`-- log/encode`); `-- --save-baseline
 //! NAME` then `-- --baseline NAME` compares. Results go to
 //! docs/BENCHMARKS.md.
@@ -550,18 +550,35 @@ fn replay_log(c: &mut Criterion, events: &[Event], expected: &Scheduler) {
 
 fn log_benches(c: &mut Criterion) {
     let (events, scheduler) = traffic(LOG_EVENTS);
+    // What the records weigh, for reading the throughputs as bytes.
+    let weights: Vec<String> = BATCHES
+        .iter()
+        .map(|&batch| {
+            let bytes: usize = events
+                .chunks_exact(batch)
+                .map(|batch| format::encode(batch).len())
+                .sum();
+            let counted = events.len() / batch * batch;
+            format!("{:.1} at {batch}", bytes as f64 / counted as f64)
+        })
+        .collect();
+    eprintln!(
+        "log: {} events of generated traffic; record bytes per event: {}",
+        events.len(),
+        weights.join(", ")
+    );
     log_format(c, &events);
     append(c, "log/append-memory", &events, MemoryStore::new);
     append(c, "log/append-sled-nosync", &events, TempSled::new);
     replay_log(c, &events, &scheduler);
 }
 
-/// Short runs: the whole suite in about 4 minutes on 2 cores. Raise
+/// Short runs: the whole suite in about 3.5 minutes on 2 cores. Raise
 /// `--measurement-time` on the command line for a quieter figure.
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
+        .measurement_time(Duration::from_secs(5))
 }
 
 criterion_group! {
