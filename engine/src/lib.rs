@@ -27,6 +27,7 @@
 //!
 //! See docs/ARCHITECTURE.md.
 
+pub mod allocator;
 pub mod agent_session;
 pub mod client;
 pub mod driver;

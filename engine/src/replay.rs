@@ -184,6 +184,7 @@ pub fn recover(
     options: ReplayOptions,
 ) -> Result<(Scheduler, StartReport), StartError> {
     use crate::log::snapshot::{self, SnapshotError};
+    let _hold = crate::allocator::HoldFreedPages::start();
     let mut report = StartReport::default();
     let mut scheduler = Scheduler::new(config.clone());
     for (seq, path) in snapshot::list(data)? {
