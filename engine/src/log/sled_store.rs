@@ -29,6 +29,8 @@ const RECORDS_TREE: &str = "records";
 /// record is stored in parts under (sequence, part) keys, so no leaf ever
 /// becomes a blob.
 const PART_BYTES_MAX: usize = 6 << 10;
+/// Keys removed per sled batch when the log is trimmed.
+const TRIM_BATCH_KEYS: usize = 1_024;
 /// sled 0.34's one file of log segments, in its folder.
 const MAIN_FILE: &str = "db";
 /// How long an open waits for sled's lock on the folder.
@@ -254,9 +256,22 @@ fn remove_before_in(records: &sled::Tree, seq: Seq) -> Result<(), StoreError> {
         seq,
         reason: e.to_string(),
     };
+    // In small batches: sled applies a batch under a lock that stops every
+    // other write to the tree, and a trim after a snapshot removes up to a
+    // million keys, so one batch would stall the writer for most of a
+    // second. Any prefix of a trim is a valid log (replay starts after the
+    // snapshot), so the batches need not be one.
     let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
     for key in records.range(..seq.to_be_bytes()).keys() {
         batch.remove(key.map_err(truncate_error)?);
+        in_batch += 1;
+        if in_batch == TRIM_BATCH_KEYS {
+            records
+                .apply_batch(std::mem::take(&mut batch))
+                .map_err(truncate_error)?;
+            in_batch = 0;
+        }
     }
     records.apply_batch(batch).map_err(truncate_error)
 }
@@ -413,5 +428,19 @@ mod tests {
 
         let reopened = SledStore::open(dir.path()).unwrap();
         assert_eq!(records(&reopened, 0), left[4..]);
+    }
+
+    #[test]
+    fn a_trim_larger_than_one_batch_removes_everything_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SledStore::open(dir.path()).unwrap();
+        let count = 3 * TRIM_BATCH_KEYS as u64 + 7;
+        for seq in 1..=count {
+            store.write(seq, &seq.to_le_bytes()).unwrap();
+        }
+        store.write(count + 1, &record(20_000, 1)).unwrap();
+        store.remove_before(count).unwrap();
+        let left: Vec<Seq> = records(&store, 0).iter().map(|r| r.0).collect();
+        assert_eq!(left, [count, count + 1]);
     }
 }
