@@ -27,8 +27,8 @@
 //!
 //! See docs/ARCHITECTURE.md.
 
-pub mod allocator;
 pub mod agent_session;
+pub mod allocator;
 pub mod client;
 pub mod driver;
 pub mod http;
