@@ -917,9 +917,8 @@ async fn next_frame<R: AsyncRead + Unpin>(
             }
         }
         // Read more: at most what the frame can still need, so memory is
-        // bounded by the limit, not by what the peer declared.
-        // Into the spare capacity: nothing is zeroed first, however small
-        // the read.
+        // bounded by the limit, not by what the peer declared; into spare
+        // capacity, so nothing is zeroed first, however small the read.
         let start = buffer.len();
         let room = READ_CHUNK.min(frame_length_max.saturating_sub(start).max(1));
         buffer.reserve(room);
