@@ -520,8 +520,15 @@ pub struct BatchWriter {
     changed: Vec<JobId>,
     store: Box<dyn LogStore>,
     record_events_max: usize,
+    record_bytes_max: usize,
     metrics: Option<crate::metrics::WriterMetrics>,
 }
+
+/// Largest record the writer makes, in bytes, unless one event alone is
+/// larger. Counts of events bound a record's length only loosely (one
+/// submission can carry megabytes of payloads), and a record's length
+/// field has 32 bits; replay also holds a whole record at a time.
+pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
 impl BatchWriter {
     pub fn new(
@@ -535,6 +542,7 @@ impl BatchWriter {
             changed: Vec::new(),
             store,
             record_events_max,
+            record_bytes_max: RECORD_BYTES_MAX,
             metrics: None,
         }
     }
@@ -624,17 +632,38 @@ impl BatchWriter {
         }
         let mut appended_bytes = 0;
         for chunk in batch.events.chunks(self.record_events_max) {
-            let record = format::encode(chunk);
-            appended_bytes += record.len() as u64;
-            if let Err(error) = self.store.write(chunk[0].seq, &record) {
-                tracing::error!(%error, "log write failed: stopping");
-                return Err(error.into());
+            match self.write_records(chunk) {
+                Ok(bytes) => appended_bytes += bytes,
+                Err(error) => {
+                    tracing::error!(%error, "log write failed: stopping");
+                    return Err(error.into());
+                }
             }
         }
         if let Some(metrics) = &mut self.metrics {
             batch.dispatches = metrics.record_batch(&self.scheduler, &batch.events, appended_bytes);
         }
         Ok(batch)
+    }
+
+    /// Sets the largest record in bytes (tests set a small one).
+    pub fn with_record_bytes_max(mut self, bytes: usize) -> BatchWriter {
+        self.record_bytes_max = bytes;
+        self
+    }
+
+    /// Writes `events` as one record, or, when that record would be larger
+    /// than the byte bound, as two halves, each split again as needed. A
+    /// single event is written alone whatever its size. Returns the bytes
+    /// written.
+    fn write_records(&mut self, events: &[Event]) -> Result<u64, StoreError> {
+        let record = format::encode(events);
+        if record.len() > self.record_bytes_max && events.len() > 1 {
+            let (first, second) = events.split_at(events.len() / 2);
+            return Ok(self.write_records(first)? + self.write_records(second)?);
+        }
+        self.store.write(events[0].seq, &record)?;
+        Ok(record.len() as u64)
     }
 }
 
@@ -777,5 +806,64 @@ impl BatchSyncer {
                 delivery();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogReader, MemoryStore};
+    use crate::model::{JobSpec, RunSpec};
+
+    /// A batch whose events would make a record over the byte bound is
+    /// written as several records, each within it (or of one event), in
+    /// order and without a gap.
+    #[test]
+    fn records_stay_within_the_byte_bound() {
+        let store = MemoryStore::new();
+        let scheduler = Scheduler::new(SchedulerConfig::default());
+        let mut writer = BatchWriter::new(scheduler, Box::new(store.clone()), 16_384)
+            .with_record_bytes_max(2_048);
+        let mut answers = Vec::new();
+        let requests: Vec<Request> = (0..10)
+            .map(|i| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                let payload = vec![b'x'; if i == 3 { 5_000 } else { 700 }];
+                let spec = RunSpec {
+                    jobs: vec![JobSpec {
+                        payload,
+                        ..JobSpec::default()
+                    }],
+                    ..RunSpec::default()
+                };
+                Request::Command {
+                    command: Command::SubmitRun(spec),
+                    reply,
+                }
+            })
+            .collect();
+        let batch = writer.write_batch(requests.into_iter(), 1_000).unwrap();
+        assert_eq!(batch.events.len(), 10);
+
+        let mut seqs = Vec::new();
+        let mut records = 0;
+        store
+            .scan(0, &mut |seq, bytes| {
+                let (_, events) = format::decode(bytes).expect("a whole record");
+                assert_eq!(events[0].seq, seq);
+                assert!(
+                    bytes.len() <= 2_048 || events.len() == 1,
+                    "a record of {} events is {} bytes",
+                    events.len(),
+                    bytes.len()
+                );
+                seqs.extend(events.iter().map(|event| event.seq));
+                records += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(seqs, (1..=10).collect::<Vec<Seq>>());
+        assert!(records >= 5, "{records} records");
     }
 }

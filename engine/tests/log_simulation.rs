@@ -47,7 +47,10 @@ struct Engine {
 
 impl Engine {
     fn start(store: MemoryStore, scheduler: Scheduler, durability: Durability) -> Engine {
-        let writer = BatchWriter::new(scheduler, Box::new(store.clone()), 16);
+        // Small records, by count and by bytes, so a batch is often several
+        // records and a crash can fall between them.
+        let writer =
+            BatchWriter::new(scheduler, Box::new(store.clone()), 16).with_record_bytes_max(512);
         let syncer = BatchSyncer::new(Box::new(store.clone()), durability, Box::new(()));
         Engine {
             store,

@@ -86,8 +86,12 @@ fn encode_records(first_seq: Seq, records: Vec<EventRecord>) -> Vec<u8> {
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&[0, 0]);
     bytes.extend_from_slice(&first_seq.to_le_bytes());
-    bytes.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    // Never truncated: a record that does not fit its 32-bit fields would
+    // be a damaged log. The writer keeps records far below (64 MiB).
+    let count = u32::try_from(records.len()).expect("a record holds under 2^32 events");
+    let length = u32::try_from(payload.len()).expect("a record's payload is under 4 GiB");
+    bytes.extend_from_slice(&count.to_le_bytes());
+    bytes.extend_from_slice(&length.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &payload);
     bytes.extend_from_slice(&crc.to_le_bytes());
     bytes.extend_from_slice(&[0, 0, 0, 0]);
