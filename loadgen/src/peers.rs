@@ -15,9 +15,9 @@ use anyhow::{bail, Context};
 
 use crate::beanstalk::{beanstalk_priority, Beanstalk};
 use crate::metrics::Metric;
-use crate::pacer::{Pacer, SplitMix64};
+use crate::pacer::SplitMix64;
 use crate::resp::{score, Redis, Reply};
-use crate::run::{finish, RunConfig, RunResult, Shared};
+use crate::run::{finish, RunConfig, RunResult, Schedule, Shared};
 use crate::workload::{payload, read_payload, Header, Mode, FLAG_PRELOAD, FOREIGN};
 
 /// Seconds a worker blocks in one reserve before it checks whether to stop.
@@ -276,42 +276,12 @@ async fn submitter(
             rate_per_second,
             arrivals,
         } => {
-            let mut pacer = Pacer::new(
-                arrivals,
-                rate_per_second / f64::from(config.connections),
-                config.seed ^ u64::from(index),
-                f64::from(index) / f64::from(config.connections),
-            );
-            let late_ns = config.late_threshold.as_nanos() as u64;
-            loop {
-                let intended = pacer.peek_ns();
-                if intended >= duration_ns {
-                    break;
-                }
-                tokio::time::sleep_until(shared.instant_at(intended).into()).await;
+            let mut schedule = Schedule::new(&config, arrivals, rate_per_second, index);
+            while let Some(intended) = schedule.wait(&shared).await {
                 let now = shared.now_ns();
-                // Still behind at the end by more than the lateness
-                // threshold: what was never sent is dropped. (A send due
-                // just before the end whose timer fired just after is only
-                // late.)
-                if now >= duration_ns + late_ns {
-                    let mut dropped = 0;
-                    while pacer.peek_ns() < duration_ns {
-                        pacer.next_intended_ns();
-                        dropped += 1;
-                    }
-                    shared
-                        .counters
-                        .dropped
-                        .fetch_add(dropped, Ordering::Relaxed);
+                let Some(jobs) = schedule.take(&shared, intended, now) else {
                     break;
-                }
-                pacer.next_intended_ns();
-                let jobs = shared.take_budget(run_size);
-                if jobs == 0 {
-                    break;
-                }
-                shared.counters.add_send_lag(now - intended, late_ns);
+                };
                 submit_one(&mut producer, &config, &shared, &mut random, intended, jobs).await?;
             }
         }

@@ -71,6 +71,75 @@ pub struct Shared {
     pub sending_done: AtomicBool,
 }
 
+/// One submitter's open-loop schedule: when each send is due, and what to
+/// do with sends the run can no longer make. The same for every target.
+pub struct Schedule {
+    pacer: crate::pacer::Pacer,
+    duration_ns: u64,
+    late_ns: u64,
+    run_size: u64,
+}
+
+impl Schedule {
+    /// Submitter `index`'s share of `rate_per_second`.
+    pub fn new(
+        config: &RunConfig,
+        arrivals: crate::pacer::Arrivals,
+        rate_per_second: f64,
+        index: u32,
+    ) -> Schedule {
+        Schedule {
+            pacer: crate::pacer::Pacer::new(
+                arrivals,
+                rate_per_second / f64::from(config.connections),
+                config.seed ^ u64::from(index),
+                f64::from(index) / f64::from(config.connections),
+            ),
+            duration_ns: config.duration.as_nanos() as u64,
+            late_ns: config.late_threshold.as_nanos() as u64,
+            run_size: u64::from(config.workload.run_size),
+        }
+    }
+
+    /// Sleeps until the next send is due and returns its intended time;
+    /// `None` once the run's duration is over.
+    pub async fn wait(&self, shared: &Shared) -> Option<u64> {
+        let intended = self.pacer.peek_ns();
+        if intended >= self.duration_ns {
+            return None;
+        }
+        tokio::time::sleep_until(shared.instant_at(intended).into()).await;
+        Some(intended)
+    }
+
+    /// The send due at `intended`, made at `now`: the jobs to send (counting
+    /// its lag), or `None` when sending is over: the budget is spent, or the
+    /// run ended more than the lateness threshold ago, and what was never
+    /// sent is counted as dropped. (A send due just before the end whose
+    /// timer fired just after is only late.)
+    pub fn take(&mut self, shared: &Shared, intended: u64, now: u64) -> Option<u64> {
+        if now >= self.duration_ns + self.late_ns {
+            let mut dropped = 0;
+            while self.pacer.peek_ns() < self.duration_ns {
+                self.pacer.next_intended_ns();
+                dropped += 1;
+            }
+            shared
+                .counters
+                .dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            return None;
+        }
+        self.pacer.next_intended_ns();
+        let jobs = shared.take_budget(self.run_size);
+        if jobs == 0 {
+            return None;
+        }
+        shared.counters.add_send_lag(now - intended, self.late_ns);
+        Some(jobs)
+    }
+}
+
 impl Shared {
     pub fn new(config: &RunConfig) -> Arc<Shared> {
         Arc::new(Shared {

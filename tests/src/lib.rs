@@ -401,6 +401,19 @@ impl Raw {
         }
     }
 
+    /// The one error frame a closing server sends, then the close itself:
+    /// its request id and the error.
+    pub async fn error_then_close(&mut self) -> (u64, lanes::protocol::ErrorAnswer) {
+        let frames = self.until_closed().await;
+        match &frames[..] {
+            [Frame {
+                request_id,
+                message: Message::Error(error),
+            }] => (*request_id, error.clone()),
+            other => panic!("expected one error frame and the close, got {other:?}"),
+        }
+    }
+
     /// Every frame until the server closes the connection (at most 10 s).
     pub async fn until_closed(&mut self) -> Vec<Frame> {
         let mut frames = Vec::new();

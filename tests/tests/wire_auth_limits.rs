@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lanes::client::Client;
 use lanes::model::{ErrorCode, JobId, JobOptions, JobSpec, RunSpec};
-use lanes::protocol::{Frame, GetJob, Hello, Message, Role, PROTOCOL_VERSION};
+use lanes::protocol::{GetJob, Hello, Message, Role, PROTOCOL_VERSION};
 use lanes::server::Limits;
 use lanes_tests::{
     encode, one_job, queue_info, Options, Raw, Read, TestServer, ADMIN, AGENT, SUBMITTER,
@@ -18,18 +18,6 @@ fn with_limits(limits: Limits) -> Options {
     Options {
         limits,
         ..Options::default()
-    }
-}
-
-/// The error frame a closing server sends, then the close itself.
-async fn error_then_close(raw: &mut Raw) -> (u64, lanes::protocol::ErrorAnswer) {
-    let frames = raw.until_closed().await;
-    match &frames[..] {
-        [Frame {
-            request_id,
-            message: Message::Error(error),
-        }] => (*request_id, error.clone()),
-        other => panic!("expected one error frame and the close, got {other:?}"),
     }
 }
 
@@ -85,7 +73,7 @@ async fn wrong_protocol_version_is_refused_naming_the_versions_the_server_speaks
     )
     .await
     .unwrap();
-    let (request_id, error) = error_then_close(&mut raw).await;
+    let (request_id, error) = raw.error_then_close().await;
     assert_eq!(request_id, 7, "under the Hello's request id");
     assert_eq!(error.code, ErrorCode::Unsupported);
     assert!(
@@ -106,7 +94,7 @@ async fn a_request_before_hello_is_unauthenticated_and_closes() {
     let server = TestServer::start().await;
     let mut raw = Raw::connect(server.address()).await;
     raw.send(3, lanes::protocol::ListQueues).await.unwrap();
-    let (request_id, error) = error_then_close(&mut raw).await;
+    let (request_id, error) = raw.error_then_close().await;
     assert_eq!((request_id, error.code), (3, ErrorCode::Unauthenticated));
     server.stop().await;
 }
@@ -149,7 +137,7 @@ async fn frame_before_the_handshake_over_4_kib_is_refused_from_its_length_alone(
         // Only the length field: the server must refuse without waiting
         // for (or making room for) the bytes it declares.
         raw.send_bytes(&declared.to_le_bytes()).await.unwrap();
-        let (request_id, error) = error_then_close(&mut raw).await;
+        let (request_id, error) = raw.error_then_close().await;
         assert_eq!(request_id, 0);
         assert_eq!(error.code, ErrorCode::ResourceExhausted);
         assert!(
@@ -192,7 +180,7 @@ async fn handshake_deadline_closes_a_connection_without_hello() {
     );
     partial.send_bytes(&hello[..10]).await.unwrap();
     for raw in [&mut silent, &mut partial] {
-        let (request_id, error) = error_then_close(raw).await;
+        let (request_id, error) = raw.error_then_close().await;
         assert_eq!((request_id, error.code), (0, ErrorCode::Unauthenticated));
         assert!(error.message.contains("200 ms"), "{}", error.message);
     }
@@ -209,7 +197,7 @@ async fn partial_frame_idle_past_the_timeout_closes_the_connection() {
     let mut raw = Raw::authenticated(server.address(), ADMIN).await;
     let frame = encode(2, lanes::protocol::ListQueues);
     raw.send_bytes(&frame[..10]).await.unwrap();
-    let (request_id, error) = error_then_close(&mut raw).await;
+    let (request_id, error) = raw.error_then_close().await;
     assert_eq!(request_id, 0);
     assert!(
         error.message.contains("stayed incomplete for 200 ms"),
@@ -267,7 +255,7 @@ async fn frame_over_the_limit_after_the_handshake_closes_the_connection() {
     );
     // The body need not arrive: the length field is enough.
     raw.send_bytes(&big[..16]).await.unwrap();
-    let (request_id, error) = error_then_close(&mut raw).await;
+    let (request_id, error) = raw.error_then_close().await;
     assert_eq!((request_id, error.code), (0, ErrorCode::ResourceExhausted));
     assert!(
         error.message.contains("exceeds the limit of 65536 bytes"),

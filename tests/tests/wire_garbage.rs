@@ -32,17 +32,6 @@ fn frame_bytes(message_type: u16, flags: u16, request_id: u64, body: &[u8]) -> V
     bytes
 }
 
-async fn error_then_close(raw: &mut Raw) -> (u64, lanes::protocol::ErrorAnswer) {
-    let frames = raw.until_closed().await;
-    match &frames[..] {
-        [Frame {
-            request_id,
-            message: Message::Error(error),
-        }] => (*request_id, error.clone()),
-        other => panic!("expected one error frame and the close, got {other:?}"),
-    }
-}
-
 async fn error_answer(raw: &mut Raw) -> (u64, lanes::protocol::ErrorAnswer) {
     match raw.frame().await {
         Frame {
@@ -144,7 +133,7 @@ async fn a_request_id_still_in_flight_is_refused_and_changes_nothing() {
     raw.send(5, lanes::protocol::CancelJob { job })
         .await
         .expect("send");
-    let (request_id, error) = error_then_close(&mut raw).await;
+    let (request_id, error) = raw.error_then_close().await;
     assert_eq!(request_id, 0);
     refused(&error, 5);
     let status = admin.job(job).await.expect("get job").status;
@@ -180,7 +169,7 @@ async fn a_request_id_still_in_flight_is_refused_and_changes_nothing() {
         assert!(matches!(answer.message, Message::Done(_)), "{answer:?}");
     }
     raw.send(4, lanes::protocol::Heartbeat).await.expect("send");
-    let (request_id, error) = error_then_close(&mut raw).await;
+    let (request_id, error) = raw.error_then_close().await;
     assert_eq!(request_id, 0);
     refused(&error, 4);
     server.stop().await;
@@ -217,7 +206,7 @@ async fn broken_framing_closes_the_connection_with_an_error_under_id_zero() {
     for (case, bytes, code) in cases {
         let mut raw = Raw::authenticated(server.address(), ADMIN).await;
         raw.send_bytes(&bytes).await.unwrap();
-        let (request_id, error) = error_then_close(&mut raw).await;
+        let (request_id, error) = raw.error_then_close().await;
         assert_eq!(
             (request_id, error.code),
             (0, code),
