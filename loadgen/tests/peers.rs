@@ -30,26 +30,43 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(program: &str, arguments: &[String], port: u16) -> Option<Server> {
-    let child = Command::new(program)
-        .args(arguments)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
-        eprintln!("{program} is not installed: skipped (bench/compare.sh installs it)");
-        return None;
-    };
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{program} did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+/// Starts `program` with the arguments for a free port and returns it with
+/// that port once it listens. A port is free only until someone binds it
+/// (the other test may pick the same one at the same moment), so a server
+/// that exits instead of listening is started again on another port.
+fn start(program: &str, arguments: impl Fn(u16) -> Vec<String>) -> Option<(Server, u16)> {
+    for _ in 0..5 {
+        let port = free_port();
+        let child = Command::new(program)
+            .args(arguments(port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("{program} is not installed: skipped (bench/compare.sh installs it)");
+            return None;
+        };
+        let mut server = Server(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(_)) = server.0.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Ours, not another process that took the port first.
+                if let Ok(None) = server.0.try_wait() {
+                    return Some((server, port));
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{program} did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    Some(server)
+    panic!("{program} exited five times instead of listening");
 }
 
 fn config() -> RunConfig {
@@ -98,17 +115,14 @@ async fn check(kind: PeerKind, port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beanstalkd_takes_and_completes_every_job() {
-    let port = free_port();
-    let Some(_server) = start(
-        "beanstalkd",
-        &[
+    let Some((_server, port)) = start("beanstalkd", |port| {
+        vec![
             "-l".into(),
             "127.0.0.1".into(),
             "-p".into(),
             port.to_string(),
-        ],
-        port,
-    ) else {
+        ]
+    }) else {
         return;
     };
     check(PeerKind::Beanstalkd, port).await;
@@ -116,24 +130,25 @@ async fn beanstalkd_takes_and_completes_every_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_takes_and_completes_every_job() {
-    let port = free_port();
     let folder = tempfile::tempdir().expect("a temporary folder");
-    let arguments: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        folder.path().to_str().expect("a UTF-8 path"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let Some(_server) = start("redis-server", &arguments, port) else {
+    let dir = folder.path().to_str().expect("a UTF-8 path").to_string();
+    let Some((_server, port)) = start("redis-server", |port| {
+        [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }) else {
         return;
     };
     check(PeerKind::Redis, port).await;
