@@ -2365,6 +2365,9 @@ fn section_latency(options: &Options) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
+    // The memory settings of `lanes serve`, so replay and start-up are
+    // measured as the engine runs them.
+    lanes::allocator::tune_for_latency()?;
     fs::create_dir_all(&options.dir)?;
     let dir = options.dir.canonicalize()?;
     let options = Options { dir, ..options };

@@ -308,6 +308,10 @@ async fn run(args: Args) -> anyhow::Result<u8> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The generator's own stalls would count as the server's latency.
+    if let Err(error) = lanes::allocator::tune_for_latency() {
+        eprintln!("lanes-loadgen: transparent huge pages stay on ({error}): expect latency spikes");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

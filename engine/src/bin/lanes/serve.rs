@@ -150,6 +150,9 @@ pub enum LogCommand {
 }
 
 pub fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Err(error) = lanes::allocator::tune_for_latency() {
+        tracing::warn!(%error, "transparent huge pages stay on: expect latency spikes");
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(serve(args))?;
     Ok(ExitCode::SUCCESS)
