@@ -23,7 +23,7 @@ use crate::pacer::SplitMix64;
 use crate::run::{finish, RunConfig, RunResult, Schedule, Shared};
 use crate::workload::{
     payload, read_payload, Choice, Header, Mode, FLAG_LIMITED, FLAG_PRELOAD, FOREIGN,
-    PRELOAD_TAG_KEY, TAG_KEY,
+    PRELOAD_TAG_KEY, SEND_UNKNOWN, TAG_KEY,
 };
 
 /// Completions in one `Complete`: the server's default per-request limit.
@@ -156,7 +156,14 @@ async fn setup(config: &RunConfig, target: &LanesTarget) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spec(config: &RunConfig, choice: &Choice, intended_ns: u64, jobs: u64) -> (RunSpec, bool) {
+/// The run of one send: `jobs` jobs whose payloads carry the intended time
+/// and the send's number.
+fn spec(
+    config: &RunConfig,
+    choice: &Choice,
+    (intended_ns, send): (u64, u64),
+    jobs: u64,
+) -> (RunSpec, bool) {
     let workload = &config.workload;
     let limited = workload.limited(choice);
     let flags = if limited { FLAG_LIMITED } else { 0 };
@@ -172,6 +179,7 @@ fn spec(config: &RunConfig, choice: &Choice, intended_ns: u64, jobs: u64) -> (Ru
                 intended_ns,
                 flags,
                 priority: choice.priority,
+                send,
             },
             workload.payload_bytes,
         ),
@@ -190,7 +198,13 @@ fn spec(config: &RunConfig, choice: &Choice, intended_ns: u64, jobs: u64) -> (Ru
 }
 
 /// Records an acknowledged submission.
-fn acked(shared: &Shared, choice: &Choice, limited: bool, sent_ns: u64, answer: Option<Message>) {
+fn acked(
+    shared: &Shared,
+    choice: &Choice,
+    (send, limited): (u64, bool),
+    sent_ns: u64,
+    answer: Option<Message>,
+) {
     let now = shared.now_ns();
     match answer {
         Some(Message::Submitted(submitted)) => {
@@ -200,11 +214,7 @@ fn acked(shared: &Shared, choice: &Choice, limited: bool, sent_ns: u64, answer: 
                 now.saturating_sub(sent_ns),
             );
             shared.counters.add_acked(now, u64::from(submitted.count));
-            if !limited {
-                shared
-                    .waiting
-                    .fetch_add(i64::from(submitted.count), Ordering::Relaxed);
-            }
+            shared.acks.acked(send, now);
             shared
                 .order
                 .lock()
@@ -256,13 +266,14 @@ async fn submitter(
                     break;
                 };
                 let choice = config.workload.choose(&mut random);
-                let (spec, limited) = spec(&config, &choice, intended, jobs);
+                let send = shared.acks.next_send();
+                let (spec, limited) = spec(&config, &choice, (intended, send), jobs);
                 shared.counters.sent.fetch_add(jobs, Ordering::Relaxed);
                 let (_, answer) = client.send(SubmitRun { spec }.into()).await?;
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let answer = answer.await.ok();
-                    acked(&shared, &choice, limited, intended, answer);
+                    acked(&shared, &choice, (send, limited), intended, answer);
                     drop(permit);
                 });
             }
@@ -284,14 +295,15 @@ async fn submitter(
                         }
                         let choice = config.workload.choose(&mut random);
                         let sent = shared.now_ns();
-                        let (spec, limited) = spec(&config, &choice, sent, jobs);
+                        let send = shared.acks.next_send();
+                        let (spec, limited) = spec(&config, &choice, (sent, send), jobs);
                         shared.counters.sent.fetch_add(jobs, Ordering::Relaxed);
                         let answer = match client.send(SubmitRun { spec }.into()).await {
                             Ok((_, answer)) => answer.await.ok(),
                             Err(_) => None,
                         };
                         let failed = answer.is_none();
-                        acked(&shared, &choice, limited, sent, answer);
+                        acked(&shared, &choice, (send, limited), sent, answer);
                         if failed {
                             anyhow::bail!("the submitter connection closed");
                         }
@@ -348,6 +360,7 @@ async fn preload_jobs(
                         intended_ns: shared.now_ns(),
                         flags: FLAG_PRELOAD | FLAG_LIMITED,
                         priority: preload.priority,
+                        send: SEND_UNKNOWN,
                     },
                     config.workload.payload_bytes,
                 ),
@@ -427,11 +440,12 @@ async fn agent(
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut due: Vec<u64> = Vec::new();
     // One entry per free slot (the generator's view), oldest first: when
-    // it freed, if the agent had been full and work was waiting then. Such
-    // entries are only pushed onto an empty queue (a full agent has no
-    // free slot), so the next dispatches fill exactly those slots and
-    // measure the dispatch latency; slots freed while others stood idle are
-    // not measured, since the next job may go to any of them.
+    // it freed, if the agent had been full then. Such entries are only
+    // pushed onto an empty queue (a full agent has no free slot), so the
+    // next dispatches fill exactly those slots; each measures the dispatch
+    // latency if its job was acknowledged before the slot freed (it was
+    // waiting at the server). Slots freed while others stood idle are not
+    // measured, since the next job may go to any of them.
     let mut freed: VecDeque<Option<u64>> = (0..slots).map(|_| None).collect();
     let mut last_full_ns = 0u64;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -471,15 +485,12 @@ async fn agent(
             };
             let received = shared.now_ns();
             let header = read_payload(&dispatch.payload).unwrap_or(FOREIGN);
-            let (intended, flags) = (header.intended_ns, header.flags);
+            let (intended, flags, send) = (header.intended_ns, header.flags, header.send);
             let preload = flags & FLAG_PRELOAD != 0;
             if preload {
                 shared.preload_dispatched.fetch_add(1, Ordering::Relaxed);
             } else {
                 shared.counters.dispatched.fetch_add(1, Ordering::Relaxed);
-                if flags & FLAG_LIMITED == 0 {
-                    shared.waiting.fetch_sub(1, Ordering::Relaxed);
-                }
                 shared.record(
                     Metric::QueueWait,
                     dispatch.priority,
@@ -487,11 +498,13 @@ async fn agent(
                 );
             }
             if let Some(Some(freed_at)) = freed.pop_front() {
-                shared.record(
-                    Metric::Dispatch,
-                    dispatch.priority,
-                    received.saturating_sub(freed_at),
-                );
+                if flags & FLAG_LIMITED == 0 && shared.acks.waited_for_slot(send, freed_at) {
+                    shared.record(
+                        Metric::Dispatch,
+                        dispatch.priority,
+                        received.saturating_sub(freed_at),
+                    );
+                }
             }
             if dispatch.attempt == 1 {
                 if let Some(queue) = queue_index.get(dispatch.queue.as_str()) {
@@ -544,9 +557,8 @@ async fn agent(
                 last_full_ns = sent_ns;
             }
             let was_full = running.len() + batch.len() >= slots as usize;
-            let measured = was_full && shared.waiting.load(Ordering::Relaxed) > 0;
             for _ in &batch {
-                freed.push_back(measured.then_some(sent_ns));
+                freed.push_back(was_full.then_some(sent_ns));
             }
             let completions = batch
                 .iter()

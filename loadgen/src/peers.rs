@@ -18,7 +18,7 @@ use crate::metrics::Metric;
 use crate::pacer::SplitMix64;
 use crate::resp::{score, Redis, Reply};
 use crate::run::{finish, RunConfig, RunResult, Schedule, Shared};
-use crate::workload::{payload, read_payload, Header, Mode, FLAG_PRELOAD, FOREIGN};
+use crate::workload::{payload, read_payload, Header, Mode, FLAG_PRELOAD, FOREIGN, SEND_UNKNOWN};
 
 /// Seconds a worker blocks in one reserve before it checks whether to stop.
 const RESERVE_TIMEOUT_S: u32 = 1;
@@ -141,6 +141,7 @@ pub async fn run(config: &RunConfig, target: &PeerTarget) -> anyhow::Result<RunR
                 intended_ns: 0,
                 flags: FLAG_PRELOAD,
                 priority: preload.priority,
+                send: SEND_UNKNOWN,
             },
             config.workload.payload_bytes,
         );
@@ -230,11 +231,13 @@ async fn submit_one(
     jobs: u64,
 ) -> anyhow::Result<()> {
     let choice = config.workload.choose(random);
+    let send = shared.acks.next_send();
     let body = payload(
         Header {
             intended_ns: intended,
             flags: 0,
             priority: choice.priority,
+            send,
         },
         config.workload.payload_bytes,
     );
@@ -255,7 +258,7 @@ async fn submit_one(
         now.saturating_sub(intended),
     );
     shared.counters.add_acked(now, jobs);
-    shared.waiting.fetch_add(jobs as i64, Ordering::Relaxed);
+    shared.acks.acked(send, now);
     Ok(())
 }
 
@@ -352,7 +355,8 @@ async fn work(
     seed: u64,
 ) -> anyhow::Result<()> {
     let mut random = SplitMix64::new(seed);
-    // When this worker's slot last freed with work waiting.
+    // When this worker's slot last freed: the next job measures the
+    // dispatch latency if it was acknowledged by then.
     let mut freed: Option<u64> = None;
     while !stop.load(Ordering::Relaxed) {
         let (id, body) = if let Some(connection) = beanstalk.as_mut() {
@@ -381,7 +385,6 @@ async fn work(
             shared.preload_dispatched.fetch_add(1, Ordering::Relaxed);
         } else {
             shared.counters.dispatched.fetch_add(1, Ordering::Relaxed);
-            shared.waiting.fetch_sub(1, Ordering::Relaxed);
             shared.record(
                 Metric::QueueWait,
                 priority,
@@ -389,20 +392,20 @@ async fn work(
             );
         }
         if let Some(freed_at) = freed.take() {
-            shared.record(
-                Metric::Dispatch,
-                priority,
-                received.saturating_sub(freed_at),
-            );
+            if shared.acks.waited_for_slot(header.send, freed_at) {
+                shared.record(
+                    Metric::Dispatch,
+                    priority,
+                    received.saturating_sub(freed_at),
+                );
+            }
         }
         let duration = config.workload.job_duration.sample(&mut random);
         if !duration.is_zero() {
             tokio::time::sleep(duration).await;
         }
         let sent = shared.now_ns();
-        if shared.waiting.load(Ordering::Relaxed) > 0 {
-            freed = Some(sent);
-        }
+        freed = Some(sent);
         if let Some(connection) = beanstalk.as_mut() {
             connection.delete(id).await?;
         } else if let Some(connection) = redis.as_mut() {

@@ -4,7 +4,7 @@
 //! Redis) drive their own connections and record here.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,15 +60,57 @@ pub struct Shared {
     pub counters: Counters,
     pub latencies: Mutex<Latencies>,
     pub order: Mutex<OrderChecker>,
-    /// Measured, unlimited jobs acknowledged and not yet dispatched (may
-    /// dip below zero when a dispatch beats its acknowledgement).
-    pub waiting: AtomicI64,
+    /// When each send was acknowledged: the dispatch latency counts only
+    /// jobs known to be waiting at the target when a slot freed.
+    pub acks: AckTimes,
     /// Jobs that may still be submitted.
     pub budget: AtomicU64,
     pub preload_dispatched: AtomicU64,
     pub preload_completed: AtomicU64,
     /// Set when sending ends: senders stop.
     pub sending_done: AtomicBool,
+}
+
+/// The acknowledgement time of each send, by send number (the number is in
+/// the job's payload header, so whoever receives the job can ask).
+#[derive(Default)]
+pub struct AckTimes {
+    next: AtomicU64,
+    /// Nanoseconds on the run's clock, plus one; 0: not acknowledged.
+    acked: Mutex<Vec<u64>>,
+}
+
+impl AckTimes {
+    /// A number for the next send.
+    pub fn next_send(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn acked(&self, send: u64, now_ns: u64) {
+        let Ok(index) = usize::try_from(send) else {
+            return;
+        };
+        let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        if acked.len() <= index {
+            acked.resize(index + 1, 0);
+        }
+        acked[index] = now_ns + 1;
+    }
+
+    /// When send `send` was acknowledged; `None` if it was not (yet).
+    pub fn acked_at(&self, send: u64) -> Option<u64> {
+        let index = usize::try_from(send).ok()?;
+        let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        acked.get(index).and_then(|&at| at.checked_sub(1))
+    }
+
+    /// Whether the job of send `send` was acknowledged by `freed_ns`: then
+    /// it was waiting at the target when a slot freed at `freed_ns`, and
+    /// the time to its arrival is a dispatch latency. Otherwise the slot
+    /// waited for the job, which the queue-wait metric covers.
+    pub fn waited_for_slot(&self, send: u64, freed_ns: u64) -> bool {
+        self.acked_at(send).is_some_and(|acked| acked <= freed_ns)
+    }
 }
 
 /// One submitter's open-loop schedule: when each send is due, and what to
@@ -148,7 +190,7 @@ impl Shared {
             counters: Counters::default(),
             latencies: Mutex::new(Latencies::default()),
             order: Mutex::new(OrderChecker::new()),
-            waiting: AtomicI64::new(0),
+            acks: AckTimes::default(),
             budget: AtomicU64::new(config.jobs.unwrap_or(u64::MAX)),
             preload_dispatched: AtomicU64::new(0),
             preload_completed: AtomicU64::new(0),
@@ -412,4 +454,27 @@ fn self_checks(
         ));
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dispatch measures a freed slot only if its job was acknowledged
+    /// by the time the slot freed: then it was waiting at the target.
+    #[test]
+    fn a_job_acknowledged_before_the_slot_freed_waited_for_it() {
+        let acks = AckTimes::default();
+        let (early, late, never) = (acks.next_send(), acks.next_send(), acks.next_send());
+        assert_eq!((early, late, never), (0, 1, 2));
+        acks.acked(early, 0);
+        acks.acked(late, 5_000);
+        assert_eq!(acks.acked_at(early), Some(0));
+        assert_eq!(acks.acked_at(never), None);
+        assert!(acks.waited_for_slot(early, 1_000));
+        assert!(acks.waited_for_slot(late, 5_000));
+        assert!(!acks.waited_for_slot(late, 4_999));
+        assert!(!acks.waited_for_slot(never, u64::MAX));
+        assert!(!acks.waited_for_slot(crate::workload::SEND_UNKNOWN, u64::MAX));
+    }
 }

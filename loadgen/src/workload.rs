@@ -10,9 +10,11 @@ use crate::pacer::{Arrivals, SplitMix64};
 /// Largest payload a job carries: the server's default per-job limit.
 pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
 /// The header every payload starts with: the intended send time (u64),
-/// flags (u32) and the priority (i32), so an agent or a peer's worker can
-/// measure without asking anyone.
-pub const PAYLOAD_HEADER_BYTES: usize = 16;
+/// flags (u32), the priority (i32) and the send's number (u64), so an agent
+/// or a peer's worker can measure without asking the target.
+pub const PAYLOAD_HEADER_BYTES: usize = 24;
+/// The send number of jobs whose acknowledgement nobody records.
+pub const SEND_UNKNOWN: u64 = u64::MAX;
 /// Flag: a preloaded job, not measured.
 pub const FLAG_PRELOAD: u32 = 1;
 /// Flag: the job is under a tag limit (the order checker does not use it as
@@ -173,6 +175,8 @@ pub struct Header {
     pub intended_ns: u64,
     pub flags: u32,
     pub priority: i32,
+    /// Which send carried it ([`crate::run::AckTimes`]).
+    pub send: u64,
 }
 
 /// A payload: the header, then filler up to `bytes`.
@@ -181,6 +185,7 @@ pub fn payload(header: Header, bytes: usize) -> Vec<u8> {
     payload.extend_from_slice(&header.intended_ns.to_le_bytes());
     payload.extend_from_slice(&header.flags.to_le_bytes());
     payload.extend_from_slice(&header.priority.to_le_bytes());
+    payload.extend_from_slice(&header.send.to_le_bytes());
     payload.resize(bytes.max(PAYLOAD_HEADER_BYTES), b'x');
     payload
 }
@@ -191,10 +196,12 @@ pub fn read_payload(payload: &[u8]) -> Option<Header> {
     let intended = payload.get(0..8)?.try_into().ok()?;
     let flags = payload.get(8..12)?.try_into().ok()?;
     let priority = payload.get(12..16)?.try_into().ok()?;
+    let send = payload.get(16..24)?.try_into().ok()?;
     Some(Header {
         intended_ns: u64::from_le_bytes(intended),
         flags: u32::from_le_bytes(flags),
         priority: i32::from_le_bytes(priority),
+        send: u64::from_le_bytes(send),
     })
 }
 
@@ -203,6 +210,7 @@ pub const FOREIGN: Header = Header {
     intended_ns: 0,
     flags: FLAG_PRELOAD | FLAG_LIMITED,
     priority: 0,
+    send: SEND_UNKNOWN,
 };
 
 #[cfg(test)]
@@ -240,6 +248,7 @@ mod tests {
             intended_ns: 123,
             flags: FLAG_LIMITED,
             priority: -7,
+            send: 42,
         };
         let bytes = payload(header, 64);
         assert_eq!(bytes.len(), 64);

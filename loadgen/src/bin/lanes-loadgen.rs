@@ -93,7 +93,7 @@ struct Args {
     /// Job run time: 0, 5ms, fixed:5ms, exp:5ms, uniform:1ms..10ms.
     #[arg(long, default_value = "0", value_parser = JobDuration::parse)]
     job_duration: JobDuration,
-    /// Payload bytes per job (at least 16: the measuring header).
+    /// Payload bytes per job (at least 24: the measuring header).
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
 
