@@ -13,10 +13,13 @@
 #       Lanes with one job per request and with batches of 100 (Redis too:
 #       ZADD takes many members; beanstalkd has no batch put).
 #   (b) latency: open loop (Poisson) at 50 % of each target's own maximum
-#       from (a), 20 s (--quick 5 s), with jobs that run long enough to
-#       keep about 80 % of the 500 slots busy (0.8 x 500 / rate: hundreds
-#       of simultaneous executions, and slots that free while work waits,
-#       which is what the dispatch latency measures).
+#       from (a), 20 s (--quick 5 s), with jobs of 300 / max seconds (max:
+#       the jobs/s of (a)): hundreds of the 500 slots busy, and slots that
+#       free while work waits, which is what the dispatch latency measures.
+#       At the maximum a slot is busy 500 / max s per job with jobs of 0 s
+#       (dispatch, completion and their round trips); at half the rate,
+#       with jobs of 300 / max s, that bound puts the slots at most 80 %
+#       busy (0.5 x max x (300 + 500) / max / 500).
 #   (c) backlog: 1,000,000 jobs (--quick 100,000) preloaded at priority -1
 #       into 100 queues, then new priority-10 jobs at 1,000/s for 20 s
 #       (--quick 5 s). On Lanes the preloaded jobs wait under a tag limit
@@ -161,7 +164,7 @@ for durability in "${DURABILITY_LIST[@]}"; do
         max=$(throughput_of "$TMP/a-$name.json")
         if [ "$max" -gt 0 ]; then
             rate=$(python3 -c "print(max(1.0, $max * 0.5 / $size))")
-            job_us=$(python3 -c "print(int(0.8 * 500 / ($max * 0.5) * 1e6))")
+            job_us=$(python3 -c "print(int(300 / $max * 1e6))")
             start_server "$kind" "$durability"
             loadgen "b-$name" --rate "$rate" --connections 64 "${SLOTS[@]}" \
                 --duration "${LATENCY_S}s" --run-size "$size" --job-duration "${job_us}us"

@@ -38,6 +38,12 @@ pub fn tune_for_latency() -> std::io::Result<()> {
     Ok(())
 }
 
+/// mimalloc's purge delay now, in milliseconds (-1: never).
+pub fn purge_delay_ms() -> std::ffi::c_long {
+    // SAFETY: as in `HoldFreedPages::start`.
+    unsafe { mi_option_get(PURGE_DELAY) }
+}
+
 /// While it lives, mimalloc keeps freed pages instead of returning them to
 /// the kernel (which it does 10 ms after they are freed, by default).
 ///
