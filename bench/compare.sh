@@ -37,7 +37,8 @@
 #
 # Prints one table per durability with each target's figures and the
 # ratio to Lanes (one job per request). Raw JSON summaries stay in the
-# temporary folder, whose path is printed; KEEP=1 keeps it.
+# temporary folder, whose path is printed; KEEP=1 keeps it (reports and server
+# logs: each server's data folder is removed when the server stops).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -95,17 +96,21 @@ wait_port() {
     done
     echo "nothing listens on port $1" >&2; return 1
 }
+# Stops the server and removes its data folder (its log file stays): a
+# full run writes about 8 GB of logs, snapshots and AOF files otherwise.
 stop_server() {
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
+    rm -rf "$SERVER_DIR"
 }
 
-# start_server KIND DURABILITY: sets SERVER_PID and TARGET.
+# start_server KIND DURABILITY: sets SERVER_PID, SERVER_DIR and TARGET.
 start_server() {
     local kind=$1 durability=$2 port dir
     port=$(free_port)
     dir="$TMP/$kind-$durability-$RANDOM"
     mkdir -p "$dir"
+    SERVER_DIR=$dir
     case "$kind" in
         lanes)
             local mode
