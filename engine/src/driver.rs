@@ -31,7 +31,9 @@ use crate::log::store::{LogStore, StoreError, Syncer};
 use crate::model::{AgentId, JobId, Pair, RunId, Seq, StopReason, TimeMs};
 use crate::replay::take_snapshot;
 use crate::sched::view::JobStatus;
-use crate::sched::{Command, Event, EventKind, Rejection, Reply, Scheduler, SchedulerConfig};
+use crate::sched::{
+    Command, Event, EventKind, Rejection, Reply, Retention, Scheduler, SchedulerConfig,
+};
 
 /// What "acknowledged" promises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +76,8 @@ pub struct DriverConfig {
     pub clock: Clock,
     /// Snapshots, taken off the dispatch path; `None` keeps every record.
     pub snapshots: Option<SnapshotPolicy>,
+    /// How much finished work is kept; `None`: all of it, forever.
+    pub retention: Option<Retention>,
     /// What watchers follow; `None`: nobody ever watches.
     pub watched: Option<Arc<Watched>>,
     /// Where the writer and syncer record metrics; `None`: nowhere.
@@ -100,6 +104,7 @@ impl Default for DriverConfig {
             tick_interval: Duration::from_millis(100),
             clock: system_clock(),
             snapshots: None,
+            retention: Some(Retention::default()),
             watched: None,
             metrics: None,
         }
@@ -337,6 +342,7 @@ impl Driver {
         let (ticker_stop, ticker_stopped) = sync_channel::<()>(1);
         let ticks = handle.clone();
         let interval = config.tick_interval;
+        let retention = config.retention;
         let ticker = std::thread::Builder::new()
             .name("lanes-ticker".into())
             .spawn(move || loop {
@@ -349,6 +355,11 @@ impl Driver {
                         };
                         if ticks.requests.blocking_send(tick).is_err() {
                             return;
+                        }
+                        if let Some(retention) = retention {
+                            if forget_due(&ticks, retention).is_err() {
+                                return;
+                            }
                         }
                     }
                     _ => return,
@@ -386,6 +397,29 @@ impl Driver {
         Ok(scheduler)
     }
 }
+
+/// Forgets what `retention` says is due, a bounded command at a time, up
+/// to [`FORGET_ROUNDS_MAX`] commands per tick so a backlog cannot crowd out
+/// other work.
+fn forget_due(handle: &DriverHandle, retention: Retention) -> Result<(), Stopped> {
+    for _ in 0..FORGET_ROUNDS_MAX {
+        let (reply, answer) = oneshot::channel();
+        let forget = Request::Command {
+            command: Command::Forget(retention),
+            reply,
+        };
+        handle.requests.blocking_send(forget).map_err(|_| Stopped)?;
+        match answer.blocking_recv().map_err(|_| Stopped)? {
+            Ok(Reply::Forgot { more: true, .. }) => continue,
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Most `Forget` commands per tick: with [`crate::sched::FORGET_JOBS_MAX`]
+/// jobs each and a tick every 100 ms, up to 2.6 million jobs a second.
+const FORGET_ROUNDS_MAX: usize = 16;
 
 impl DriverHandle {
     /// Sends a command and waits for its answer, which comes once its

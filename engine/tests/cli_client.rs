@@ -38,6 +38,7 @@ async fn engine_with(tls: Option<lanes::tls::TlsFiles>) -> Engine {
         durability: Durability::Sync,
         scheduler: SchedulerConfig { lease_ms: 60_000 },
         snapshot_every_events: None,
+        retention: Some(Default::default()),
         tokens: Tokens::open(),
         limits: Limits::default(),
         repair: false,

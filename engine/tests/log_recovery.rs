@@ -201,7 +201,8 @@ fn newer_record_format_refuses_to_start() {
     let mut syncer = store.syncer();
     write_all(&mut store, syncer.as_mut(), &batches);
     let mut bytes = format::encode(&batches[1]);
-    bytes[4..6].copy_from_slice(&2u16.to_le_bytes());
+    let newer = format::FORMAT_VERSION + 1;
+    bytes[4..6].copy_from_slice(&newer.to_le_bytes());
     store.write(batches[1][0].seq, &bytes).unwrap();
     syncer.sync().unwrap();
     drop(syncer);
@@ -210,8 +211,9 @@ fn newer_record_format_refuses_to_start() {
     assert_eq!(
         error.to_string(),
         format!(
-            "the log holds a record (sequence {}) written by format version 2, newer than this build reads (1): upgrade Lanes",
-            batches[1][0].seq
+            "the log holds a record (sequence {}) written by format version {newer}, newer than this build reads ({}): upgrade Lanes",
+            batches[1][0].seq,
+            format::FORMAT_VERSION
         )
     );
 }
@@ -286,8 +288,9 @@ fn newer_snapshot_format_refuses_to_start() {
     assert_eq!(
         error.to_string(),
         format!(
-            "snapshot {} was written by snapshot format 7; this build reads up to 2: upgrade Lanes",
-            path.display()
+            "snapshot {} was written by snapshot format 7; this build reads up to {}: upgrade Lanes",
+            path.display(),
+            snapshot::SNAPSHOT_VERSION
         )
     );
 }

@@ -34,7 +34,9 @@ use lanes::model::{
     TagRule, TimeMs,
 };
 use lanes::sched::view::{AgentView, JobStatus, JobView};
-use lanes::sched::{Command, Completion, Event, EventKind, Reply, Scheduler, SchedulerConfig};
+use lanes::sched::{
+    Command, Completion, Event, EventKind, Reply, Retention, Scheduler, SchedulerConfig,
+};
 use proptest::collection::vec;
 use proptest::option::weighted;
 use proptest::prelude::*;
@@ -138,6 +140,12 @@ enum Op {
         run: RunSpec,
     },
     Drain(bool),
+    /// Forget finished runs as this retention says.
+    Forget {
+        finished_ms: u64,
+        finished_jobs: u64,
+        keys: u64,
+    },
 }
 
 /// What a completion gets wrong, if anything.
@@ -382,6 +390,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..2, 0u64..6, run_spec())
             .prop_map(|(trigger, scheduled, run)| Op::Fire { trigger, scheduled, run }),
         1 => prop_oneof![1 => Just(true), 2 => Just(false)].prop_map(Op::Drain),
+        2 => (0u64..3_000, 0u64..8, 0u64..3).prop_map(|(finished_ms, finished_jobs, keys)| {
+            Op::Forget { finished_ms, finished_jobs, keys }
+        }),
     ]
 }
 
@@ -564,6 +575,8 @@ struct Harness {
     /// Restored from a snapshot image of the real scheduler halfway through
     /// the case, then given the same commands: it must decide the same.
     restored: Option<Scheduler>,
+    /// The runs the current `Forget` must forget, by the reference rule.
+    expect_forgotten: Option<Vec<RunId>>,
 }
 
 impl Harness {
@@ -580,6 +593,7 @@ impl Harness {
             now: 0,
             trace: Vec::new(),
             restored: None,
+            expect_forgotten: None,
         }
     }
 
@@ -616,13 +630,45 @@ impl Harness {
         Ok(())
     }
 
-    fn job_count(&self) -> u64 {
-        self.real.jobs().count() as u64
+    /// A job id: one handed out (kept or forgotten), or the next, unknown
+    /// one.
+    fn pick_job(&self, pick: usize) -> JobId {
+        JobId(1 + pick as u64 % self.real.next_job_id().0)
     }
 
-    /// A job id: an existing one, or the next, unknown one.
-    fn pick_job(&self, pick: usize) -> JobId {
-        JobId(1 + pick as u64 % (self.job_count() + 1))
+    /// The runs a `Forget` must forget, by the rule itself: every finished
+    /// run (its last job's finish time) that finished more than
+    /// `finished_ms` ago, and then, earliest finish first (ties by id), as
+    /// many more as it takes to keep at most `finished_jobs` finished jobs.
+    fn expected_forgotten(&self, finished_ms: u64, finished_jobs: u64) -> Vec<RunId> {
+        let mut finished = Vec::new();
+        for run in 1..=self.runs {
+            let Some(view) = self.real.run(RunId(run)) else {
+                continue;
+            };
+            let mut last = Some(0);
+            for &job in view.jobs {
+                match self.real.job(job).expect("job of a kept run").status {
+                    JobStatus::Finished { at, .. } => last = last.map(|last: u64| last.max(at)),
+                    _ => last = None,
+                }
+            }
+            if let Some(at) = last {
+                finished.push((at, RunId(run), view.jobs.len() as u64));
+            }
+        }
+        finished.sort();
+        let cutoff = self.now.saturating_sub(finished_ms);
+        let mut kept: u64 = finished.iter().map(|&(_, _, jobs)| jobs).sum();
+        let mut forgotten = Vec::new();
+        for (at, run, jobs) in finished {
+            if at >= cutoff && kept <= finished_jobs {
+                break;
+            }
+            kept -= jobs;
+            forgotten.push(run);
+        }
+        forgotten
     }
 
     fn pick_run(&self, pick: usize) -> RunId {
@@ -757,6 +803,18 @@ impl Harness {
                 run: run.clone(),
             },
             &Op::Drain(draining) => Command::SetDraining { draining },
+            &Op::Forget {
+                finished_ms,
+                finished_jobs,
+                keys,
+            } => {
+                self.expect_forgotten = Some(self.expected_forgotten(finished_ms, finished_jobs));
+                Command::Forget(Retention {
+                    finished_ms,
+                    finished_jobs,
+                    keys,
+                })
+            }
         }
     }
 
@@ -816,9 +874,25 @@ impl Harness {
             self.shadow.digest() == self.real.digest(),
             "the shadow fed the same events differs from the real scheduler"
         );
+        if let Some(expected) = self.expect_forgotten.take() {
+            let forgotten: Vec<RunId> = events
+                .iter()
+                .flat_map(|event| match &event.kind {
+                    EventKind::RunsForgotten { runs, .. } => runs.clone(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            ensure!(
+                forgotten == expected,
+                "forgot {forgotten:?}, the reference rule forgets {expected:?}"
+            );
+        }
         for run in 1..=self.runs {
             let run = RunId(run);
-            let view = self.real.run(run).expect("a submitted run");
+            let Some(view) = self.real.run(run) else {
+                ensure!(!self.active.contains(&run), "{run} is forgotten but active");
+                continue;
+            };
             ensure!(
                 view.active == self.active.contains(&run),
                 "{run} is active: scheduler says {}, the event stream says {}",
@@ -919,7 +993,10 @@ impl Harness {
         }
         let shadow = &self.shadow;
         self.active.retain(|&run| {
-            let view = shadow.run(run).expect("active run");
+            // A forgotten run was finished.
+            let Some(view) = shadow.run(run) else {
+                return false;
+            };
             !view.jobs.iter().all(|&job| {
                 matches!(
                     shadow.job(job).expect("job of a run").status,

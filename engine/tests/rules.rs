@@ -16,8 +16,8 @@ use lanes::model::{
 };
 use lanes::sched::view::{BlockReason, JobStatus, JobView};
 use lanes::sched::{
-    Command, Completion, Event, EventKind, JobKey, Rejection, Reply, Scheduler, SchedulerConfig,
-    LEASE_MS_DEFAULT,
+    Command, Completion, Event, EventKind, JobKey, Rejection, Reply, Retention, Scheduler,
+    SchedulerConfig, FORGET_JOBS_MAX, LEASE_MS_DEFAULT,
 };
 
 // ---- harness --------------------------------------------------------------
@@ -2430,4 +2430,250 @@ fn restart_ends_a_drain() {
     let agent = world.worker("w", 1);
     let job = world.submit_one(one_job());
     assert_eq!(world.take(agent, 1), [job]);
+}
+
+// ---- retention: finished runs are forgotten ------------------------------
+
+fn forget(world: &mut World, finished_ms: u64, finished_jobs: u64, keys: u64) -> (u32, bool) {
+    let retention = Retention {
+        finished_ms,
+        finished_jobs,
+        keys,
+    };
+    match world.ok(Command::Forget(retention)) {
+        Reply::Forgot { runs, more } => (runs, more),
+        reply => panic!("a forget answered {reply:?}"),
+    }
+}
+
+fn forgotten_runs(world: &World) -> Vec<RunId> {
+    world
+        .last
+        .iter()
+        .flat_map(|event| match &event.kind {
+            EventKind::RunsForgotten { runs, .. } => runs.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn keyed(key: &str) -> RunSpec {
+    RunSpec {
+        idempotency_key: Some(key.to_string()),
+        ..one_job()
+    }
+}
+
+/// A finished run is kept for the retention time, then forgotten with its
+/// jobs; asking for it afterwards says so (NOT_FOUND, "forgotten"), which
+/// is not the answer for an id never handed out.
+#[test]
+fn retention_forgets_a_run_finished_longer_ago_than_the_retention_time() {
+    let mut world = World::new();
+    let agent = world.worker("w", 2);
+    world.take(agent, 2);
+    let (old_run, old) = world.submit_run(one_job());
+    world.succeed(agent, old[0]);
+    world.advance(60);
+    let (new_run, new) = world.submit_run(one_job());
+    world.take(agent, 1);
+    world.succeed(agent, new[0]);
+    world.advance(50);
+    // The old run finished 110 ms ago, the new one 50 ms ago.
+    assert_eq!(forget(&mut world, 100, u64::MAX, u64::MAX), (1, false));
+    assert_eq!(forgotten_runs(&world), [old_run]);
+    assert!(world.scheduler.job(old[0]).is_none());
+    assert!(world.scheduler.run(old_run).is_none());
+    assert_eq!(world.view(new[0]).run, new_run);
+    let rejection = world.reject(Command::CancelJob { job: old[0] });
+    assert_eq!(rejection, Rejection::ForgottenJob(old[0]));
+    assert_eq!(rejection.code(), ErrorCode::NotFound);
+    assert_eq!(
+        world.reject(Command::ChangeRunPriority {
+            run: old_run,
+            priority: 3
+        }),
+        Rejection::ForgottenRun(old_run)
+    );
+    assert_eq!(
+        world.reject(Command::AppendJobs {
+            run: old_run,
+            jobs: jobs(1)
+        }),
+        Rejection::ForgottenRun(old_run)
+    );
+    let never = world.scheduler.next_job_id();
+    assert_eq!(
+        world.reject(Command::CancelJob { job: never }),
+        Rejection::UnknownJob(never)
+    );
+    assert!(world
+        .scheduler
+        .explain(old[0])
+        .is_err_and(|r| r == Rejection::ForgottenJob(old[0])));
+    // Nothing more is due: a forget that finds nothing records nothing.
+    assert_eq!(forget(&mut world, 100, u64::MAX, u64::MAX), (0, false));
+    assert!(world.last.is_empty());
+    // Ids are never handed out again.
+    let next = world.submit_one(one_job());
+    assert!(next > new[0]);
+}
+
+/// Only whole finished runs are forgotten: a run with a job still waiting,
+/// held or running is kept, however old its finished jobs are.
+#[test]
+fn retention_never_forgets_a_run_with_an_unfinished_job() {
+    let mut world = World::new();
+    let agent = world.worker("w", 1);
+    world.take(agent, 1);
+    let (run, ids) = world.submit_run(run_of(jobs(2)));
+    world.succeed(agent, ids[0]);
+    world.take(agent, 1);
+    assert!(matches!(world.status(ids[1]), JobStatus::Running { .. }));
+    world.advance(10_000);
+    assert_eq!(forget(&mut world, 0, 0, 0), (0, false));
+    assert_eq!(world.view(ids[0]).run, run);
+    world.succeed(agent, ids[1]);
+    assert_eq!(forget(&mut world, 0, 0, 0), (1, false));
+    assert_eq!(forgotten_runs(&world), [run]);
+}
+
+/// Over the cap on finished jobs kept, the runs that finished first go
+/// first (not the lowest ids), until the rest fit.
+#[test]
+fn retention_cap_forgets_the_earliest_finished_runs_first() {
+    let mut world = World::new();
+    let agent = world.worker("w", 3);
+    world.take(agent, 3);
+    let (first_run, first) = world.submit_run(run_of(jobs(2)));
+    let (second_run, second) = world.submit_run(one_job());
+    world.advance(1);
+    world.succeed(agent, second[0]);
+    world.advance(1);
+    world.succeed(agent, first[0]);
+    world.take(agent, 1);
+    world.succeed(agent, first[1]);
+    world.advance(1);
+    let (third_run, third) = world.submit_run(one_job());
+    world.take(agent, 1);
+    world.succeed(agent, third[0]);
+    assert_eq!(world.scheduler.finished_kept(), (3, 4));
+    // Keep at most 2 finished jobs: the second run (finished first, 1 job)
+    // and the first (3 kept is still over) go; the third stays.
+    assert_eq!(forget(&mut world, u64::MAX, 2, u64::MAX), (2, false));
+    assert_eq!(forgotten_runs(&world), [second_run, first_run]);
+    assert_eq!(world.scheduler.finished_kept(), (1, 1));
+    assert_eq!(world.view(third[0]).run, third_run);
+}
+
+/// A run that gets more jobs after it finished is unfinished again, and
+/// kept; when it finishes again its retention starts over.
+#[test]
+fn retention_of_a_run_starts_over_when_jobs_are_appended() {
+    let mut world = World::new();
+    let agent = world.worker("w", 1);
+    world.take(agent, 1);
+    let (run, ids) = world.submit_run(one_job());
+    world.succeed(agent, ids[0]);
+    world.advance(100);
+    let appended = world.append(run, jobs(1));
+    assert_eq!(forget(&mut world, 50, u64::MAX, u64::MAX), (0, false));
+    world.take(agent, 1);
+    world.succeed(agent, appended[0]);
+    world.advance(40);
+    assert_eq!(forget(&mut world, 50, u64::MAX, u64::MAX), (0, false));
+    world.advance(20);
+    assert_eq!(forget(&mut world, 50, u64::MAX, u64::MAX), (1, false));
+}
+
+/// An idempotency key outlives its run when the cap forgets the run early:
+/// a retry within the retention time gets the first submission's ids and
+/// creates nothing; after it, the key is free again.
+#[test]
+fn retention_remembers_an_idempotency_key_for_the_retention_time() {
+    let mut world = World::new();
+    let agent = world.worker("w", 1);
+    world.take(agent, 1);
+    let (run, ids) = world.submit_run(keyed("deploy-42"));
+    world.succeed(agent, ids[0]);
+    assert_eq!(forget(&mut world, 1_000, 0, u64::MAX), (1, false));
+    assert!(world.scheduler.run(run).is_none());
+    assert_eq!(world.scheduler.forgotten_keys(), 1);
+    world.advance(999);
+    assert_eq!(
+        world.ok(Command::SubmitRun(keyed("deploy-42"))),
+        Reply::Submitted {
+            run,
+            first_job: ids[0],
+            count: 1,
+            replayed: true
+        }
+    );
+    assert!(world.last.is_empty());
+    let mut different = keyed("deploy-42");
+    different.jobs = jobs(2);
+    assert_eq!(
+        world.reject(Command::SubmitRun(different)),
+        Rejection::IdempotencyMismatch {
+            key: "deploy-42".into()
+        }
+    );
+    // Remembered for the retention time, to the millisecond.
+    world.advance(1);
+    assert_eq!(forget(&mut world, 1_000, 0, u64::MAX), (0, false));
+    assert!(world.last.is_empty());
+    world.advance(1);
+    assert_eq!(forget(&mut world, 1_000, 0, u64::MAX), (0, false));
+    assert!(matches!(
+        world.last_kinds()[..],
+        [EventKind::RunsForgotten { ref runs, .. }] if runs.is_empty()
+    ));
+    assert_eq!(world.scheduler.forgotten_keys(), 0);
+    let (again, _) = world.submit_run(keyed("deploy-42"));
+    assert!(again > run);
+}
+
+/// Past the cap on remembered keys, the keys of the runs that finished
+/// first are dropped first.
+#[test]
+fn retention_cap_on_keys_drops_the_oldest_first() {
+    let mut world = World::new();
+    let agent = world.worker("w", 1);
+    world.take(agent, 1);
+    let mut runs = Vec::new();
+    for key in ["a", "b", "c"] {
+        let (run, ids) = world.submit_run(keyed(key));
+        world.succeed(agent, ids[0]);
+        world.take(agent, 1);
+        world.advance(1);
+        runs.push(run);
+    }
+    assert_eq!(forget(&mut world, 1_000_000, 0, 2), (3, false));
+    assert_eq!(world.scheduler.forgotten_keys(), 2);
+    let (fresh, _) = world.submit_run(keyed("a"));
+    assert!(fresh > runs[2]);
+    for (key, run) in [("b", runs[1]), ("c", runs[2])] {
+        assert!(matches!(
+            world.ok(Command::SubmitRun(keyed(key))),
+            Reply::Submitted { run: r, replayed: true, .. } if r == run
+        ));
+    }
+}
+
+/// One forget removes at most FORGET_JOBS_MAX jobs (whole runs), and says
+/// when more is due.
+#[test]
+fn retention_forgets_a_bounded_number_of_jobs_per_command() {
+    let mut world = World::new();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let (run, _) = world.submit_run(run_of(jobs(10_000)));
+        world.ok(Command::CancelRun { run });
+        runs.push(run);
+    }
+    const { assert!(FORGET_JOBS_MAX < 30_000 && FORGET_JOBS_MAX > 10_000) };
+    assert_eq!(forget(&mut world, 0, 0, 0), (2, true));
+    assert_eq!(forget(&mut world, 0, 0, 0), (1, false));
+    assert_eq!(world.scheduler.finished_kept(), (0, 0));
+    assert!(world.scheduler.jobs().next().is_none());
 }

@@ -29,6 +29,9 @@ pub struct Options {
     pub tls: Option<lanes::tls::TlsFiles>,
     /// The HTTP listener (`/metrics`, `/livez`, `/readyz`); none by default.
     pub http: Option<std::net::SocketAddr>,
+    /// How much finished work is kept: the engine's default unless a test
+    /// says otherwise.
+    pub retention: Option<lanes::sched::Retention>,
 }
 
 impl Default for Options {
@@ -39,6 +42,7 @@ impl Default for Options {
             durability: Durability::Sync,
             tls: None,
             http: None,
+            retention: Some(lanes::sched::Retention::default()),
         }
     }
 }
@@ -128,6 +132,7 @@ async fn start_in(data: &std::path::Path, options: &Options) -> Running {
             lease_ms: options.lease_ms,
         },
         snapshot_every_events: None,
+        retention: options.retention,
         tokens,
         limits: options.limits.clone(),
         repair: false,

@@ -21,6 +21,7 @@ async fn start(data: &Path, listen: SocketAddr) -> Running {
         durability: Durability::Sync,
         scheduler: SchedulerConfig { lease_ms: 60_000 },
         snapshot_every_events: None,
+        retention: Some(Default::default()),
         tokens: Tokens::open(),
         limits: Limits::default(),
         repair: false,

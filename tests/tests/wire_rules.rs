@@ -771,3 +771,63 @@ async fn idempotency_key_replays_the_first_submission_and_creates_nothing() {
     assert_eq!(next.first_job.0, first.first_job.0 + 3);
     server.stop().await;
 }
+
+/// Retention: a finished run is forgotten with its jobs once the engine's
+/// retention says so (here at once); asking for it is NOT_FOUND and says
+/// "forgotten", its idempotency key still answers with the first ids, and
+/// both hold after a restart (replay of the log).
+#[tokio::test]
+async fn retention_forgets_finished_runs_and_remembers_their_keys() {
+    let options = || Options {
+        retention: Some(lanes::sched::Retention {
+            finished_ms: 60_000,
+            finished_jobs: 0,
+            keys: 100,
+        }),
+        ..Options::default()
+    };
+    let mut server = TestServer::start_with(options()).await;
+    let submitter = server.client(SUBMITTER).await;
+    let keyed = RunSpec {
+        idempotency_key: Some("nightly-7".to_string()),
+        ..one_job(JobOptions::default())
+    };
+    let first = submitter.submit(keyed.clone()).await.unwrap();
+    let agent = server.agent("worker", &["default"], &[], 1).await;
+    agent.take_work(1).await.unwrap();
+    assert_eq!(next_dispatch(&agent).await, (first.first_job, 1));
+    complete(&agent, first.first_job, 1, Report::Succeeded).await;
+    // The engine's ticker forgets it within a tick or two.
+    let mut error = None;
+    for _ in 0..100 {
+        match submitter.job(first.first_job).await {
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let error = error.expect("the finished job is forgotten within 2 s");
+    assert_eq!(error.code(), Some(ErrorCode::NotFound), "{error}");
+    assert!(error.to_string().contains("forgotten"), "{error}");
+    drop((submitter, agent));
+    for round in 0..2 {
+        if round == 1 {
+            server.restart(options()).await;
+        }
+        let submitter = server.client(SUBMITTER).await;
+        let again = submitter.submit(keyed.clone()).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!((again.run, again.first_job), (first.run, first.first_job));
+        let error = submitter.run(first.run).await.unwrap_err();
+        assert!(error.to_string().contains("forgotten"), "{error}");
+        let never = submitter
+            .job(JobId(first.first_job.0 + 1000))
+            .await
+            .unwrap_err();
+        assert!(error.to_string() != never.to_string());
+        assert!(never.to_string().contains("not found"), "{never}");
+    }
+    server.stop().await;
+}

@@ -225,6 +225,7 @@ async fn start_error(tls: TlsFiles) -> String {
         durability: lanes::driver::Durability::Sync,
         scheduler: lanes::sched::SchedulerConfig { lease_ms: 30_000 },
         snapshot_every_events: None,
+        retention: Some(Default::default()),
         tokens: Tokens::open(),
         limits: Limits::default(),
         repair: false,

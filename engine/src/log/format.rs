@@ -28,7 +28,12 @@ use crate::sched::{Event, EventKind, NewJob, RunSubmitted};
 
 pub const MAGIC: [u8; 4] = *b"LNSR";
 /// The record format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+///
+/// 2: adds the `RunsForgotten` event. The archive of every older event is
+/// unchanged (new variants go last and are no larger than the largest), so
+/// format 1 records are read by the same code; a format 1 build refuses a
+/// format 2 log instead of mistaking the new event for damage.
+pub const FORMAT_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -256,6 +261,11 @@ pub enum KindRecord {
     },
     DrainingSet {
         draining: bool,
+    },
+    // Format 2.
+    RunsForgotten {
+        runs: Vec<u64>,
+        keys_until: u64,
     },
 }
 
@@ -494,6 +504,10 @@ impl From<&Event> for EventRecord {
         use KindRecord as K;
         let kind = match &event.kind {
             EventKind::QueuePut(config) => K::QueuePut(config.into()),
+            EventKind::RunsForgotten { runs, keys_until } => K::RunsForgotten {
+                runs: runs.iter().map(|run| run.0).collect(),
+                keys_until: *keys_until,
+            },
             EventKind::QueuePaused { queue } => K::QueuePaused {
                 queue: queue.clone(),
             },
@@ -703,6 +717,10 @@ impl EventRecord {
                 EventKind::TriggerFired { trigger, scheduled }
             }
             K::DrainingSet { draining } => EventKind::DrainingSet { draining },
+            K::RunsForgotten { runs, keys_until } => EventKind::RunsForgotten {
+                runs: runs.into_iter().map(RunId).collect(),
+                keys_until,
+            },
         };
         Ok(Event {
             seq,

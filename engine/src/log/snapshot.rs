@@ -14,7 +14,7 @@
 //! | 16 | 8 | payload length (u64 LE) |
 //! | 24 | 4 | CRC32C of bytes 0..24 followed by the payload |
 //! | 28 | 4 | reserved, 0 |
-//! | 32 | n | payload: an rkyv archive of `SnapshotRecordV2` (format 2) or of `SnapshotRecord` (format 1, still read) |
+//! | 32 | n | payload: an rkyv archive of `SnapshotRecordV3` (format 3), `SnapshotRecordV2` (format 2, still read) or `SnapshotRecord` (format 1, still read) |
 //!
 //! Files are written to a temporary name, fsynced, renamed and the folder
 //! fsynced, so a crash leaves either the old set of snapshots or the new.
@@ -27,12 +27,17 @@ use rkyv::rancor;
 
 use crate::log::format::{OptionsRecord, QueueRecord, TagRuleRecord};
 use crate::model::{self, AgentId, JobId, Outcome, RunId, Seq, StopReason};
-use crate::sched::{AgentImage, Image, JobImage, JobStateImage, QueueImage, RunImage};
+use crate::sched::{
+    AgentImage, ForgottenKeyImage, Image, JobImage, JobStateImage, QueueImage, RunImage,
+};
 
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"LNSS";
 /// 2: adds the triggers' last firings and the drain flag around format 1's
 /// record. Format 1 files are still read (no trigger had fired).
-pub const SNAPSHOT_VERSION: u16 = 2;
+/// 3: adds forgotten runs and jobs (ids with no record) and the keys
+/// remembered of forgotten runs around format 2's record. Formats 1 and 2
+/// are still read (nothing was forgotten: ids are dense).
+pub const SNAPSHOT_VERSION: u16 = 3;
 const HEADER_LEN: usize = 32;
 /// Snapshots kept, the newest included: an older one remains in case the
 /// newest is damaged and the operator asks for repair.
@@ -72,6 +77,26 @@ pub struct SnapshotRecordV2 {
     pub base: SnapshotRecord,
     pub triggers: Vec<(String, u64)>,
     pub draining: bool,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct SnapshotRecordV3 {
+    /// `base.base.first_job` is the first kept job's id (or `next_job`).
+    pub base: SnapshotRecordV2,
+    pub next_job: u64,
+    /// The ids of `base.base.jobs`, as (first id, count) stretches in order.
+    pub job_spans: Vec<(u64, u64)>,
+    pub forgotten_keys: Vec<ForgottenKeySnapshot>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+pub struct ForgottenKeySnapshot {
+    pub finished_at: u64,
+    pub key: String,
+    pub run: u64,
+    pub hash: u64,
+    pub first_job: u64,
+    pub count: u32,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -190,7 +215,7 @@ impl From<&Image> for SnapshotRecord {
                     idempotency_key: r.idempotency_key.clone(),
                 })
                 .collect(),
-            first_job: image.first_job,
+            first_job: image.jobs.first().map_or(image.next_job, |job| job.id.0),
             jobs: image.jobs.iter().map(job_snapshot).collect(),
             agents: image
                 .agents
@@ -265,8 +290,32 @@ fn job_snapshot(job: &JobImage) -> JobSnapshot {
     }
 }
 
+/// The ids of `jobs` as (first id, count) stretches.
+fn job_spans(jobs: &[JobImage]) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for job in jobs {
+        match spans.last_mut() {
+            Some((first, count)) if *first + *count == job.id.0 => *count += 1,
+            _ => spans.push((job.id.0, 1)),
+        }
+    }
+    spans
+}
+
 impl SnapshotRecord {
-    fn into_image(self) -> Result<Image, String> {
+    /// The image; `job_spans` gives the jobs' ids (formats 1 and 2: one
+    /// stretch from `first_job`).
+    fn into_image(self, next_job: u64, job_spans: &[(u64, u64)]) -> Result<Image, String> {
+        let spanned: u64 = job_spans.iter().map(|&(_, count)| count).sum();
+        if spanned != self.jobs.len() as u64 {
+            return Err(format!(
+                "its job ids cover {spanned} jobs, it holds {}",
+                self.jobs.len()
+            ));
+        }
+        let mut ids = job_spans
+            .iter()
+            .flat_map(|&(first, count)| (0..count).map(move |i| JobId(first.saturating_add(i))));
         let mut jobs = Vec::with_capacity(self.jobs.len());
         for job in self.jobs {
             let state = match (job.state, job.reason) {
@@ -292,6 +341,7 @@ impl SnapshotRecord {
                 (state, reason) => return Err(format!("job state {state}/{reason} is unknown")),
             };
             jobs.push(JobImage {
+                id: ids.next().expect("one id per job"),
                 run: RunId(job.run),
                 priority: job.priority,
                 position: job.position,
@@ -358,7 +408,7 @@ impl SnapshotRecord {
                     idempotency_key: r.idempotency_key,
                 })
                 .collect(),
-            first_job: self.first_job,
+            next_job,
             jobs,
             agents: self
                 .agents
@@ -380,6 +430,7 @@ impl SnapshotRecord {
                 .into_iter()
                 .map(|(k, run, hash)| (k, RunId(run), hash))
                 .collect(),
+            forgotten_keys: Vec::new(),
             triggers: Vec::new(),
             draining: false,
         })
@@ -388,10 +439,26 @@ impl SnapshotRecord {
 
 /// Encodes an image as snapshot file bytes.
 pub fn encode(image: &Image) -> Vec<u8> {
-    let record = SnapshotRecordV2 {
-        base: SnapshotRecord::from(image),
-        triggers: image.triggers.clone(),
-        draining: image.draining,
+    let record = SnapshotRecordV3 {
+        base: SnapshotRecordV2 {
+            base: SnapshotRecord::from(image),
+            triggers: image.triggers.clone(),
+            draining: image.draining,
+        },
+        next_job: image.next_job,
+        job_spans: job_spans(&image.jobs),
+        forgotten_keys: image
+            .forgotten_keys
+            .iter()
+            .map(|k| ForgottenKeySnapshot {
+                finished_at: k.finished_at,
+                key: k.key.clone(),
+                run: k.run.0,
+                hash: k.hash,
+                first_job: k.first_job.0,
+                count: k.count,
+            })
+            .collect(),
     };
     let payload =
         rkyv::to_bytes::<rancor::Error>(&record).expect("archiving a snapshot cannot fail");
@@ -447,24 +514,60 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Image, SnapshotError> {
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    let (record, triggers, draining) = if version >= 2 {
+    let (v2, forgotten) = if version >= 3 {
+        let record = rkyv::from_bytes::<SnapshotRecordV3, rancor::Error>(&aligned)
+            .map_err(|e| damaged(e.to_string()))?;
+        let forgotten = (record.next_job, record.job_spans, record.forgotten_keys);
+        (record.base, Some(forgotten))
+    } else if version == 2 {
         let record = rkyv::from_bytes::<SnapshotRecordV2, rancor::Error>(&aligned)
             .map_err(|e| damaged(e.to_string()))?;
-        (record.base, record.triggers, record.draining)
+        (record, None)
     } else {
         let record = rkyv::from_bytes::<SnapshotRecord, rancor::Error>(&aligned)
             .map_err(|e| damaged(e.to_string()))?;
-        (record, Vec::new(), false)
+        let v2 = SnapshotRecordV2 {
+            base: record,
+            triggers: Vec::new(),
+            draining: false,
+        };
+        (v2, None)
     };
+    let SnapshotRecordV2 {
+        base: record,
+        triggers,
+        draining,
+    } = v2;
+    // Before format 3 nothing was forgotten: job ids are one stretch.
+    let (next_job, job_spans, forgotten_keys) = forgotten.unwrap_or_else(|| {
+        let count = record.jobs.len() as u64;
+        let first = record.first_job;
+        (
+            first.saturating_add(count),
+            vec![(first, count)],
+            Vec::new(),
+        )
+    });
     if record.last_seq != seq {
         return Err(damaged(format!(
             "its header says sequence {seq}, its contents {}",
             record.last_seq
         )));
     }
-    let mut image = record.into_image().map_err(damaged)?;
+    let mut image = record.into_image(next_job, &job_spans).map_err(damaged)?;
     image.triggers = triggers;
     image.draining = draining;
+    image.forgotten_keys = forgotten_keys
+        .into_iter()
+        .map(|k| ForgottenKeyImage {
+            finished_at: k.finished_at,
+            key: k.key,
+            run: RunId(k.run),
+            hash: k.hash,
+            first_job: JobId(k.first_job),
+            count: k.count,
+        })
+        .collect();
     Ok(image)
 }
 
@@ -590,6 +693,77 @@ mod tests {
         assert_eq!(decoded.triggers, [("nightly".to_string(), 60_000)]);
         assert!(decoded.draining);
         let restored = Scheduler::from_image(SchedulerConfig::default(), decoded).unwrap();
+        assert_eq!(restored.digest(), scheduler.digest());
+    }
+
+    /// Format 3 keeps forgotten runs and jobs as ids without records (in the
+    /// middle and at both ends of the tables) and the keys remembered of
+    /// forgotten runs; the restored scheduler is the same state and goes on
+    /// handing out new ids.
+    #[test]
+    fn format_3_keeps_forgotten_ids_and_remembered_keys() {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        let mut events = Vec::new();
+        let mut now = 10;
+        let mut handle = |scheduler: &mut Scheduler, command: Command, now: u64| {
+            scheduler
+                .handle(command, now, &mut events)
+                .expect("accepted")
+        };
+        let keyed = |key: &str, jobs: usize| model::RunSpec {
+            jobs: vec![model::JobSpec::default(); jobs],
+            idempotency_key: Some(key.to_string()),
+            ..Default::default()
+        };
+        // Runs 1..=4 of 3 jobs; 1, 3 and 4 cancelled (finished), 2 waits.
+        for (i, key) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            handle(&mut scheduler, Command::SubmitRun(keyed(key, 3)), now);
+            if i != 1 {
+                let run = model::RunId(i as u64 + 1);
+                handle(&mut scheduler, Command::CancelRun { run }, now);
+            }
+            now += 10;
+        }
+        // Forget runs 1 and 3 (and 4): the cap on finished jobs, early.
+        let retention = crate::sched::Retention {
+            finished_ms: 1_000,
+            finished_jobs: 0,
+            keys: 2,
+        };
+        handle(&mut scheduler, Command::Forget(retention), now);
+        assert_eq!(scheduler.finished_kept(), (0, 0));
+        assert_eq!(scheduler.forgotten_keys(), 2);
+        let image = scheduler.image();
+        assert_eq!(image.runs.len(), 1);
+        assert_eq!(image.jobs.len(), 3);
+        assert_eq!(image.next_job, 13);
+        let decoded = decode("v3", &encode(&image)).expect("format 3 reads");
+        assert_eq!(decoded, image);
+        let mut restored = Scheduler::from_image(SchedulerConfig::default(), decoded).unwrap();
+        restored.check_invariants();
+        assert_eq!(restored.digest(), scheduler.digest());
+        for twin in [&mut scheduler, &mut restored] {
+            let mut events = Vec::new();
+            let reply = twin.handle(Command::SubmitRun(keyed("e", 1)), now, &mut events);
+            assert!(matches!(
+                reply,
+                Ok(crate::sched::Reply::Submitted {
+                    run: model::RunId(5),
+                    first_job: model::JobId(13),
+                    ..
+                })
+            ));
+            let reply = twin.handle(Command::SubmitRun(keyed("d", 3)), now, &mut events);
+            assert!(matches!(
+                reply,
+                Ok(crate::sched::Reply::Submitted {
+                    run: model::RunId(4),
+                    replayed: true,
+                    ..
+                })
+            ));
+            assert!(twin.job(model::JobId(1)).is_none());
+        }
         assert_eq!(restored.digest(), scheduler.digest());
     }
 }

@@ -5,7 +5,7 @@
 use crate::model::{AgentId, JobId, Outcome, QueueConfig, Report, RunId, Seq, TimeMs};
 use crate::sched::event::{Event, EventKind, NewJob, RunSubmitted};
 use crate::sched::index::{JobKey, QueueId};
-use crate::sched::tables::{Agent, Job, JobState, Queue, Run};
+use crate::sched::tables::{Agent, Job, JobState, KeyRecord, Queue, Run};
 use crate::sched::Scheduler;
 
 impl Scheduler {
@@ -62,6 +62,7 @@ impl Scheduler {
                     }
                 }
             }
+            EventKind::RunsForgotten { runs, keys_until } => self.forget(runs, *keys_until),
             EventKind::JobCancelled { job } => self.finish(*job, Outcome::Cancelled, None, now),
             EventKind::JobExpired { job, outcome } => self.finish(*job, *outcome, None, now),
             EventKind::StopRequested { job, agent, reason } => {
@@ -318,10 +319,17 @@ impl Scheduler {
                 open_stage: None,
                 failed_stage: None,
                 idempotency_key: submitted.idempotency.as_ref().map(|(key, _)| key.clone()),
+                finished_at: None,
             },
         );
         if let Some((key, hash)) = &submitted.idempotency {
-            self.idempotency.insert(key.clone(), (run, *hash));
+            let first = KeyRecord {
+                run,
+                hash: *hash,
+                first_job: submitted.first_job,
+                count: submitted.jobs.len() as u32,
+            };
+            self.idempotency.insert(key.clone(), first);
         }
         self.add_jobs(run, submitted.first_job, &submitted.jobs, now);
         self.advance_run(run, now);
@@ -330,6 +338,11 @@ impl Scheduler {
     /// Adds new jobs to a run, held until `advance_run` releases them.
     fn add_jobs(&mut self, run: RunId, first_job: JobId, jobs: &[NewJob], now: TimeMs) {
         assert_eq!(first_job, self.jobs.next_id());
+        // A finished run that gets more jobs is unfinished again.
+        if let Some(at) = self.runs.at_mut(run).finished_at.take() {
+            assert!(self.finished.remove(&(at, run)), "{run} was not kept");
+            self.finished_jobs -= self.runs.at(run).jobs.len() as u64;
+        }
         for new in jobs {
             let id = self.jobs.next_id();
             self.note_changed(id);
@@ -432,6 +445,48 @@ impl Scheduler {
             record.active = false;
             let queue = record.queue;
             self.index.release(self.index.queue_runs_capacity(queue));
+        }
+        let record = self.runs.at_mut(run);
+        if record.unfinished == 0 && record.finished_at.is_none() {
+            record.finished_at = Some(now);
+            self.finished_jobs += record.jobs.len() as u64;
+            self.finished.insert((now, run));
+        }
+    }
+
+    /// Forgets finished runs with their jobs; remembers their idempotency
+    /// keys until `keys_until` passes their finish.
+    fn forget(&mut self, runs: &[RunId], keys_until: TimeMs) {
+        for &run in runs {
+            let record = self.runs.remove(run);
+            let at = record
+                .finished_at
+                .unwrap_or_else(|| panic!("{run} is forgotten unfinished"));
+            assert!(self.finished.remove(&(at, run)), "{run} was not kept");
+            self.finished_jobs -= record.jobs.len() as u64;
+            for job in record.jobs {
+                let removed = self.jobs.remove(job);
+                assert!(removed.is_finished(), "{job} is forgotten unfinished");
+            }
+            if let Some(key) = record.idempotency_key {
+                if at < keys_until {
+                    self.idempotency.remove(&key);
+                } else {
+                    // Forgotten in finish order, so the queue stays sorted.
+                    assert!(self
+                        .forgotten_keys
+                        .back()
+                        .is_none_or(|&(last, _)| last <= at));
+                    self.forgotten_keys.push_back((at, key));
+                }
+            }
+        }
+        while let Some((at, _)) = self.forgotten_keys.front() {
+            if *at >= keys_until {
+                break;
+            }
+            let (_, key) = self.forgotten_keys.pop_front().expect("a front");
+            self.idempotency.remove(&key);
         }
     }
 

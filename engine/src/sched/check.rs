@@ -103,10 +103,26 @@ impl Scheduler {
                 );
             }
         }
+        let mut finished = BTreeSet::new();
         for (id, run) in self.runs.iter_ids() {
             let jobs: Vec<_> = run.jobs.iter().map(|&j| self.jobs.at(j)).collect();
             let unfinished = jobs.iter().filter(|j| !j.is_finished()).count() as u32;
             assert_eq!(run.unfinished, unfinished, "{id} unfinished count");
+            let last_finish = jobs
+                .iter()
+                .filter_map(|j| match j.state {
+                    JobState::Finished { at, .. } => Some(at),
+                    _ => None,
+                })
+                .max();
+            let expected = if unfinished == 0 { last_finish } else { None };
+            assert_eq!(run.finished_at, expected, "{id} finish time");
+            if let Some(at) = run.finished_at {
+                finished.insert((at, id));
+            }
+            if let Some(key) = &run.idempotency_key {
+                assert_eq!(self.idempotency[key].run, id, "{id} idempotency key");
+            }
             assert!(
                 !run.active || unfinished > 0,
                 "{id} is active with every job finished"
@@ -125,6 +141,36 @@ impl Scheduler {
             assert!(jobs[..run.released as usize]
                 .iter()
                 .all(|j| j.state != JobState::Held));
+        }
+        assert_eq!(finished, self.finished, "finished runs kept");
+        let finished_jobs: usize = finished
+            .iter()
+            .map(|&(_, run)| self.runs.at(run).jobs.len())
+            .sum();
+        assert_eq!(
+            finished_jobs as u64, self.finished_jobs,
+            "jobs of finished runs kept"
+        );
+        for job in self.jobs.iter() {
+            assert!(self.runs.contains(job.run), "{} outlived its run", job.id());
+        }
+        let mut remembered = BTreeSet::new();
+        let mut last = 0;
+        for (at, key) in &self.forgotten_keys {
+            assert!(*at >= last, "forgotten keys in finish order");
+            last = *at;
+            let first = self.idempotency[key];
+            assert!(
+                self.runs.was_removed(first.run),
+                "{key:?} remembered, its run kept"
+            );
+            remembered.insert(key.clone());
+        }
+        for (key, first) in &self.idempotency {
+            assert!(
+                self.runs.contains(first.run) || remembered.contains(key),
+                "{key:?} names a forgotten run but is not among the forgotten keys"
+            );
         }
         for (id, agent) in self.agents.iter().enumerate() {
             let agent_id = AgentId(id as u32);

@@ -85,6 +85,33 @@ pub enum Command {
     SetDraining {
         draining: bool,
     },
+    /// Forget finished runs and their jobs, oldest finish first, as
+    /// `Retention` says. At most [`crate::sched::FORGET_JOBS_MAX`] jobs per
+    /// command.
+    Forget(Retention),
+}
+
+/// How much finished work is kept. A run is kept whole until every job of
+/// it has finished; then it is forgotten once it finished more than
+/// `finished_ms` ago, or earlier, oldest first, while the finished runs
+/// kept hold more than `finished_jobs` jobs. The idempotency key of a
+/// forgotten run is remembered until `finished_ms` has passed since the
+/// run finished, but at most `keys` such keys (the oldest go first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub finished_ms: u64,
+    pub finished_jobs: u64,
+    pub keys: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            finished_ms: 3_600_000,
+            finished_jobs: 100_000,
+            keys: 1_000_000,
+        }
+    }
 }
 
 /// One finished job, as its agent saw it.
@@ -147,5 +174,11 @@ pub enum Reply {
     /// One result per completion of a `Complete`, in the same order.
     Completed {
         results: Vec<Result<(), Rejection>>,
+    },
+    /// `runs` finished runs were forgotten; `more` says whether others are
+    /// already due.
+    Forgot {
+        runs: u32,
+        more: bool,
     },
 }

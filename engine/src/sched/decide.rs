@@ -10,11 +10,11 @@ use crate::model::{
     StopReason, TagMatch, TagRule, TimeMs, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
     JOBS_PER_SUBMISSION_MAX, PRIORITY_TAG_KEYS, TAGS_PER_JOB_MAX, VALUE_LENGTH_MAX,
 };
-use crate::sched::command::{Command, Completion, Reply};
+use crate::sched::command::{Command, Completion, Reply, Retention};
 use crate::sched::event::{Event, EventKind, NewJob, RunSubmitted};
 use crate::sched::rejection::Rejection;
 use crate::sched::tables::JobState;
-use crate::sched::{Scheduler, TICK_EXPIRIES_MAX};
+use crate::sched::{Scheduler, FORGET_JOBS_MAX, TICK_EXPIRIES_MAX};
 
 /// Most attempts a job may ask for.
 const MAX_ATTEMPTS_MAX: u32 = 1_000;
@@ -38,7 +38,7 @@ impl Scheduler {
             Command::SubmitRun(spec) => self.decide_submit(spec, now, events),
             Command::AppendJobs { run, jobs } => self.decide_append(run, jobs, now, events),
             Command::ChangeJobPriority { job, priority } => {
-                let found = self.jobs.get(job).ok_or(Rejection::UnknownJob(job))?;
+                let found = self.find_job(job)?;
                 match found.state {
                     JobState::Held | JobState::Waiting { .. } => {}
                     state => {
@@ -55,7 +55,7 @@ impl Scheduler {
                 Ok(Reply::Done)
             }
             Command::ChangeRunPriority { run, priority } => {
-                let found = self.runs.get(run).ok_or(Rejection::UnknownRun(run))?;
+                let found = self.find_run(run)?;
                 if found.priority == priority {
                     return Ok(Reply::Done);
                 }
@@ -72,7 +72,7 @@ impl Scheduler {
                 Ok(Reply::Done)
             }
             Command::CancelJob { job } => {
-                let found = self.jobs.get(job).ok_or(Rejection::UnknownJob(job))?;
+                let found = self.find_job(job)?;
                 if let JobState::Finished { outcome, .. } = found.state {
                     return Err(Rejection::AlreadyFinished {
                         job,
@@ -83,7 +83,7 @@ impl Scheduler {
                 Ok(Reply::Done)
             }
             Command::CancelRun { run } => {
-                let found = self.runs.get(run).ok_or(Rejection::UnknownRun(run))?;
+                let found = self.find_run(run)?;
                 // Last job first: a job cancelled before the jobs behind its
                 // `wait` would make them SKIPPED; all of them are CANCELLED.
                 let jobs = found.jobs.clone();
@@ -271,7 +271,62 @@ impl Scheduler {
                 }
                 Ok(Reply::Done)
             }
+            Command::Forget(retention) => Ok(self.decide_forget(retention, now, events)),
         }
+    }
+
+    fn decide_forget(
+        &mut self,
+        retention: Retention,
+        now: TimeMs,
+        events: &mut Vec<Event>,
+    ) -> Reply {
+        let cutoff = now.saturating_sub(retention.finished_ms);
+        let mut runs = Vec::new();
+        let mut kept_jobs = self.finished_jobs;
+        let mut forgotten_jobs = 0;
+        let mut more = false;
+        // Finish times of keys that will be remembered, in finish order.
+        let mut new_keys = Vec::new();
+        for &(finished_at, run) in &self.finished {
+            if finished_at >= cutoff && kept_jobs <= retention.finished_jobs {
+                break;
+            }
+            if forgotten_jobs >= FORGET_JOBS_MAX {
+                more = true;
+                break;
+            }
+            let record = self.runs.at(run);
+            let jobs = record.jobs.len();
+            forgotten_jobs += jobs;
+            kept_jobs -= jobs as u64;
+            runs.push(run);
+            if record.idempotency_key.is_some() && finished_at >= cutoff {
+                new_keys.push(finished_at);
+            }
+        }
+        // Past the cap on remembered keys, the oldest go: every key that
+        // finished before the first one kept.
+        let mut keys_until = cutoff;
+        let remembered = self.forgotten_keys.len() + new_keys.len();
+        let excess =
+            remembered.saturating_sub(usize::try_from(retention.keys).unwrap_or(usize::MAX));
+        if excess > 0 {
+            let last_dropped = match self.forgotten_keys.get(excess - 1) {
+                Some(&(at, _)) => at,
+                None => new_keys[excess - 1 - self.forgotten_keys.len()],
+            };
+            keys_until = keys_until.max(last_dropped + 1);
+        }
+        let keys_due = self
+            .forgotten_keys
+            .front()
+            .is_some_and(|&(finished_at, _)| finished_at < keys_until);
+        let count = runs.len() as u32;
+        if !runs.is_empty() || keys_due {
+            self.emit(now, EventKind::RunsForgotten { runs, keys_until }, events);
+        }
+        Reply::Forgot { runs: count, more }
     }
 
     fn decide_submit(
@@ -291,15 +346,15 @@ impl Scheduler {
                     format!("must be 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} bytes"),
                 ));
             }
-            if let Some(&(run, first_hash)) = self.idempotency.get(key) {
-                if first_hash != *hash {
+            if let Some(first) = self.idempotency.get(key) {
+                if first.hash != *hash {
                     return Err(Rejection::IdempotencyMismatch { key: key.clone() });
                 }
-                let found = &self.runs.at(run);
+                // The run may be forgotten by now; the key remembers.
                 return Ok(Reply::Submitted {
-                    run,
-                    first_job: found.jobs[0],
-                    count: found.initial_jobs,
+                    run: first.run,
+                    first_job: first.first_job,
+                    count: first.count,
                     replayed: true,
                 });
             }
@@ -345,7 +400,7 @@ impl Scheduler {
         now: TimeMs,
         events: &mut Vec<Event>,
     ) -> Result<Reply, Rejection> {
-        let found = self.runs.get(run).ok_or(Rejection::UnknownRun(run))?;
+        let found = self.find_run(run)?;
         check_job_count(specs.len())?;
         let defaults = found.defaults.as_deref().cloned().unwrap_or_default();
         let queue = self.queues[found.queue as usize].config.name.clone();
@@ -467,7 +522,7 @@ impl Scheduler {
             report,
             exit_code,
         } = completion;
-        let found = self.jobs.get(job).ok_or(Rejection::UnknownJob(job))?;
+        let found = self.find_job(job)?;
         if attempt != found.attempt {
             return Err(Rejection::StaleAttempt {
                 job,

@@ -155,7 +155,9 @@ impl Scheduler {
             h.bool(run.active);
             h.option(run.failed_stage.map(u64::from));
             h.str(run.idempotency_key.as_deref().unwrap_or(""));
+            h.option(run.finished_at);
         }
+        h.u64(self.jobs.next_id().0);
         h.u64(self.jobs.len() as u64);
         for job in self.jobs.iter() {
             h.u64(job.id().0);
@@ -214,12 +216,19 @@ impl Scheduler {
             h.option(agent.hungry_since);
         }
         let mut keys: Vec<_> = self.idempotency.iter().collect();
-        keys.sort_unstable();
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
         h.u64(keys.len() as u64);
-        for (key, (run, hash)) in keys {
+        for (key, first) in keys {
             h.str(key);
-            h.u64(run.0);
-            h.u64(*hash);
+            h.u64(first.run.0);
+            h.u64(first.hash);
+            h.u64(first.first_job.0);
+            h.u64(first.count.into());
+        }
+        h.u64(self.forgotten_keys.len() as u64);
+        for (finished_at, key) in &self.forgotten_keys {
+            h.u64(*finished_at);
+            h.str(key);
         }
         h.u64(self.triggers.len() as u64);
         for (trigger, scheduled) in &self.triggers {

@@ -117,6 +117,14 @@ pub enum EventKind {
     DrainingSet {
         draining: bool,
     },
+    /// Finished runs and their jobs are forgotten, in this order. The keys
+    /// of those that finished at or after `keys_until` are remembered until
+    /// a later forgetting's `keys_until` passes their finish; remembered
+    /// keys of runs finished before it are dropped now.
+    RunsForgotten {
+        runs: Vec<RunId>,
+        keys_until: TimeMs,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

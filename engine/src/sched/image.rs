@@ -7,7 +7,7 @@ use crate::model::{
     AgentId, JobId, JobOptions, Outcome, Pair, QueueConfig, RunId, Seq, StopReason, TagRule, TimeMs,
 };
 use crate::sched::index::{DispatchIndex, JobKey};
-use crate::sched::tables::{Agent, Job, JobState, JobTable, Queue, Run, RunTable};
+use crate::sched::tables::{Agent, Job, JobState, JobTable, KeyRecord, Queue, Run, RunTable};
 use crate::sched::{Scheduler, SchedulerConfig};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,12 +21,19 @@ pub struct Image {
     pub pools: Vec<String>,
     pub tag_sets: Vec<Vec<Pair>>,
     pub label_sets: Vec<Vec<Pair>>,
+    /// The runs kept, in id order; ids before `next_run` not among them
+    /// are forgotten.
     pub runs: Vec<RunImage>,
-    /// The id of `jobs[0]`.
-    pub first_job: u64,
+    /// The id the next job will have.
+    pub next_job: u64,
+    /// The jobs kept, in id order; ids before `next_job` not among them are
+    /// forgotten.
     pub jobs: Vec<JobImage>,
     pub agents: Vec<AgentImage>,
+    /// The idempotency keys of runs kept: key, run, request hash.
     pub idempotency: Vec<(String, RunId, u64)>,
+    /// The keys still remembered of runs forgotten, oldest finish first.
+    pub forgotten_keys: Vec<ForgottenKeyImage>,
     /// Each trigger's last fired time, by name.
     pub triggers: Vec<(String, TimeMs)>,
     pub draining: bool,
@@ -78,8 +85,21 @@ pub enum JobStateImage {
     },
 }
 
+/// An idempotency key whose run is forgotten, remembered until the
+/// retention time since `finished_at` passes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForgottenKeyImage {
+    pub finished_at: TimeMs,
+    pub key: String,
+    pub run: RunId,
+    pub hash: u64,
+    pub first_job: JobId,
+    pub count: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobImage {
+    pub id: JobId,
     pub run: RunId,
     pub priority: i32,
     pub position: Seq,
@@ -148,9 +168,25 @@ impl Scheduler {
         let mut idempotency: Vec<(String, RunId, u64)> = self
             .idempotency
             .iter()
-            .map(|(key, &(run, hash))| (key.clone(), run, hash))
+            .filter(|(_, first)| self.runs.contains(first.run))
+            .map(|(key, first)| (key.clone(), first.run, first.hash))
             .collect();
         idempotency.sort_unstable();
+        let forgotten_keys = self
+            .forgotten_keys
+            .iter()
+            .map(|(finished_at, key)| {
+                let first = self.idempotency[key];
+                ForgottenKeyImage {
+                    finished_at: *finished_at,
+                    key: key.clone(),
+                    run: first.run,
+                    hash: first.hash,
+                    first_job: first.first_job,
+                    count: first.count,
+                }
+            })
+            .collect();
         Image {
             last_seq: self.last_seq,
             clock: self.clock,
@@ -179,8 +215,12 @@ impl Scheduler {
                 .map(|i| self.index.label_sets.get(i).to_vec())
                 .collect(),
             runs,
-            first_job: self.jobs.first_id().0,
-            jobs: self.jobs.iter().map(job_image).collect(),
+            next_job: self.jobs.next_id().0,
+            jobs: self
+                .jobs
+                .iter_ids()
+                .map(|(id, job)| job_image(id, job))
+                .collect(),
             agents: self
                 .agents
                 .iter()
@@ -197,6 +237,7 @@ impl Scheduler {
                 })
                 .collect(),
             idempotency,
+            forgotten_keys,
             triggers: self
                 .triggers
                 .iter()
@@ -263,9 +304,10 @@ impl Scheduler {
             if run.queue >= queue_count {
                 return bad(format!("{} names queue {}", run.id, run.queue));
             }
-            if run.id != scheduler.runs.next_id() {
-                return bad(format!("{} is out of order: runs are dense", run.id));
+            if run.id < scheduler.runs.next_id() || run.id.0 >= image.next_run {
+                return bad(format!("{} is out of order", run.id));
             }
+            scheduler.runs.skip_to(run.id);
             scheduler.runs.push(
                 run.id,
                 Run {
@@ -284,12 +326,19 @@ impl Scheduler {
                     open_stage: run.open_stage,
                     failed_stage: run.failed_stage,
                     idempotency_key: run.idempotency_key,
+                    finished_at: None,
                 },
             );
         }
-        scheduler.jobs = JobTable::starting_at(JobId(image.first_job));
+        scheduler.runs.skip_to(RunId(image.next_run));
+        let first_job = image.jobs.first().map_or(image.next_job, |job| job.id.0);
+        scheduler.jobs = JobTable::starting_at(JobId(first_job));
         for job in image.jobs {
-            let id = scheduler.jobs.next_id();
+            let id = job.id;
+            if id < scheduler.jobs.next_id() || id.0 >= image.next_job {
+                return bad(format!("{id} is out of order"));
+            }
+            scheduler.jobs.skip_to(id);
             if !scheduler.runs.contains(job.run)
                 || job.queue >= queue_count
                 || job.tags as usize >= image.tag_sets.len()
@@ -338,14 +387,32 @@ impl Scheduler {
                 },
             );
         }
-        for run in scheduler.runs.iter() {
-            if run
-                .jobs
-                .iter()
-                .any(|&job| scheduler.jobs.get(job).is_none())
-            {
-                return bad("a run lists a job that does not exist".into());
+        scheduler.jobs.skip_to(JobId(image.next_job));
+        let mut finished = Vec::new();
+        for (id, run) in scheduler.runs.iter_ids() {
+            let mut last_finish = None;
+            for &job in &run.jobs {
+                match scheduler.jobs.get(job).map(|job| job.state) {
+                    None => return bad("a run lists a job that does not exist".into()),
+                    Some(JobState::Finished { at, .. }) => {
+                        last_finish = Some(last_finish.map_or(at, |last: TimeMs| last.max(at)))
+                    }
+                    Some(_) => last_finish = Some(TimeMs::MAX),
+                }
             }
+            // A finished run finished when its last job did.
+            if run.unfinished == 0 {
+                match last_finish {
+                    Some(at) if at != TimeMs::MAX => finished.push((at, id)),
+                    _ => return bad(format!("{id} is finished with a job unfinished")),
+                }
+            }
+        }
+        for &(at, run) in &finished {
+            let record = scheduler.runs.at_mut(run);
+            record.finished_at = Some(at);
+            scheduler.finished_jobs += record.jobs.len() as u64;
+            scheduler.finished.insert((at, run));
         }
         for (i, agent) in image.agents.into_iter().enumerate() {
             if scheduler
@@ -375,7 +442,43 @@ impl Scheduler {
         scheduler.triggers = image.triggers.into_iter().collect();
         scheduler.draining = image.draining;
         for (key, run, hash) in image.idempotency {
-            scheduler.idempotency.insert(key, (run, hash));
+            let Some(found) = scheduler.runs.get(run) else {
+                return bad(format!(
+                    "idempotency key {key:?} names {run}, which is not kept"
+                ));
+            };
+            let first = KeyRecord {
+                run,
+                hash,
+                first_job: found.jobs[0],
+                count: found.initial_jobs,
+            };
+            scheduler.idempotency.insert(key, first);
+        }
+        for forgotten in image.forgotten_keys {
+            let in_order = scheduler
+                .forgotten_keys
+                .back()
+                .is_none_or(|&(last, _)| last <= forgotten.finished_at);
+            if !in_order || !scheduler.runs.was_removed(forgotten.run) {
+                return bad(format!("forgotten key {:?} is out of place", forgotten.key));
+            }
+            let first = KeyRecord {
+                run: forgotten.run,
+                hash: forgotten.hash,
+                first_job: forgotten.first_job,
+                count: forgotten.count,
+            };
+            if scheduler
+                .idempotency
+                .insert(forgotten.key.clone(), first)
+                .is_some()
+            {
+                return bad(format!("idempotency key {:?} appears twice", forgotten.key));
+            }
+            scheduler
+                .forgotten_keys
+                .push_back((forgotten.finished_at, forgotten.key));
         }
         scheduler.index.clear_matching(image.rules);
         scheduler.rebuild_index();
@@ -409,8 +512,9 @@ impl Scheduler {
     }
 }
 
-fn job_image(job: &Job) -> JobImage {
+fn job_image(id: JobId, job: &Job) -> JobImage {
     JobImage {
+        id,
         run: job.run,
         priority: job.key.priority(),
         position: job.key.position,

@@ -25,19 +25,21 @@ pub mod rejection;
 mod tables;
 pub mod view;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rustc_hash::FxHashMap;
 
 use crate::model::{AgentId, JobId, QueueConfig, RunId, Seq, TimeMs, DEFAULT_QUEUE};
-pub use command::{Command, Completion, Reply};
+pub use command::{Command, Completion, Reply, Retention};
 pub use decide::{check_queue_config, check_tag_rules, COMPLETIONS_PER_COMMAND_MAX};
 pub use event::{Event, EventKind, NewJob, RunSubmitted};
-pub use image::{AgentImage, Image, ImageError, JobImage, JobStateImage, QueueImage, RunImage};
+pub use image::{
+    AgentImage, ForgottenKeyImage, Image, ImageError, JobImage, JobStateImage, QueueImage, RunImage,
+};
 pub use index::JobKey;
 use index::{DispatchIndex, QueueId};
 pub use rejection::Rejection;
-use tables::{Agent, JobTable, Queue, RunTable, Timers};
+use tables::{Agent, JobTable, KeyRecord, Queue, RunTable, Timers};
 
 /// How long an agent's lease lasts without news from it, by default.
 pub const LEASE_MS_DEFAULT: u64 = 30_000;
@@ -45,6 +47,10 @@ pub const LEASE_MS_DEFAULT: u64 = 30_000;
 /// Most expiries (timeouts, deadlines, leases) one tick handles: bounds the
 /// time the single writer spends on a tick. The rest wait for the next.
 pub const TICK_EXPIRIES_MAX: usize = 4_096;
+
+/// Most jobs one `Forget` removes (it takes whole runs, so one big run may
+/// go past it): bounds the writer's time on it. The rest wait for the next.
+pub const FORGET_JOBS_MAX: usize = 16_384;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -73,7 +79,16 @@ pub struct Scheduler {
     jobs: JobTable,
     agents: Vec<Agent>,
     agent_ids: FxHashMap<String, AgentId>,
-    idempotency: FxHashMap<String, (RunId, u64)>,
+    idempotency: FxHashMap<String, KeyRecord>,
+    /// Finished runs still kept, oldest finish first: the order in which
+    /// they are forgotten.
+    finished: BTreeSet<(TimeMs, RunId)>,
+    /// Jobs of the finished runs kept.
+    finished_jobs: u64,
+    /// Keys of runs forgotten before their retention time passed, with the
+    /// time their run finished: a key is remembered for the whole retention
+    /// time even when its run went early (the cap on finished runs).
+    forgotten_keys: VecDeque<(TimeMs, String)>,
     index: DispatchIndex,
     timers: Timers,
     /// Agents with a standing request and a free slot, longest waiting first.
@@ -108,6 +123,9 @@ impl Scheduler {
             agents: Vec::new(),
             agent_ids: FxHashMap::default(),
             idempotency: FxHashMap::default(),
+            finished: BTreeSet::new(),
+            finished_jobs: 0,
+            forgotten_keys: VecDeque::new(),
             index: DispatchIndex::new(),
             timers: Timers::default(),
             hungry: BTreeSet::new(),
@@ -256,6 +274,43 @@ impl Scheduler {
         if let Some(changed) = &mut self.changed {
             changed.push(job);
         }
+    }
+
+    /// The job, or why there is none: never handed out, or forgotten.
+    fn find_job(&self, id: JobId) -> Result<&tables::Job, Rejection> {
+        self.jobs.get(id).ok_or_else(|| {
+            if self.jobs.was_removed(id) {
+                Rejection::ForgottenJob(id)
+            } else {
+                Rejection::UnknownJob(id)
+            }
+        })
+    }
+
+    fn find_run(&self, id: RunId) -> Result<&tables::Run, Rejection> {
+        self.runs.get(id).ok_or_else(|| {
+            if self.runs.was_removed(id) {
+                Rejection::ForgottenRun(id)
+            } else {
+                Rejection::UnknownRun(id)
+            }
+        })
+    }
+
+    /// The id the next job will have: every id before it was handed out
+    /// (some may be forgotten since).
+    pub fn next_job_id(&self) -> JobId {
+        self.jobs.next_id()
+    }
+
+    /// Finished runs kept (not yet forgotten), and their jobs.
+    pub fn finished_kept(&self) -> (usize, u64) {
+        (self.finished.len(), self.finished_jobs)
+    }
+
+    /// Idempotency keys remembered of forgotten runs.
+    pub fn forgotten_keys(&self) -> usize {
+        self.forgotten_keys.len()
     }
 
     fn queue_id(&self, name: &str) -> Result<QueueId, Rejection> {

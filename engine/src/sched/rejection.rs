@@ -24,6 +24,10 @@ pub enum Rejection {
     UnknownRun(RunId),
     #[error("{0} not found")]
     UnknownAgent(AgentId),
+    #[error("{0} is forgotten: its run finished longer ago than the retention (--retain-finished, --retain-finished-jobs) keeps")]
+    ForgottenJob(JobId),
+    #[error("{0} is forgotten: it finished longer ago than the retention (--retain-finished, --retain-finished-jobs) keeps")]
+    ForgottenRun(RunId),
     #[error("{job} is {state}: only a waiting or held job's priority can change")]
     PriorityOfStartedJob { job: JobId, state: &'static str },
     #[error("{job} is already {state}")]
@@ -59,7 +63,9 @@ impl Rejection {
             Rejection::UnknownQueue { .. }
             | Rejection::UnknownJob(_)
             | Rejection::UnknownRun(_)
-            | Rejection::UnknownAgent(_) => ErrorCode::NotFound,
+            | Rejection::UnknownAgent(_)
+            | Rejection::ForgottenJob(_)
+            | Rejection::ForgottenRun(_) => ErrorCode::NotFound,
             Rejection::PriorityUnsupported { .. } => ErrorCode::Unsupported,
             Rejection::BadPriority(_) | Rejection::Invalid { .. } => ErrorCode::InvalidArgument,
             Rejection::PriorityOfStartedJob { .. }

@@ -70,6 +70,20 @@ pub(crate) struct Run {
     /// later stage is skipped.
     pub(crate) failed_stage: Option<u32>,
     pub(crate) idempotency_key: Option<String>,
+    /// When its last job finished, while every job of it is finished.
+    pub(crate) finished_at: Option<TimeMs>,
+}
+
+/// What an idempotency key remembers of the submission that first used it:
+/// enough to answer a retry, even after the run itself is forgotten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyRecord {
+    pub(crate) run: RunId,
+    /// A hash of the request, so a different request under the same key
+    /// is refused.
+    pub(crate) hash: u64,
+    pub(crate) first_job: JobId,
+    pub(crate) count: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,16 +174,32 @@ impl DenseId for RunId {
     }
 }
 
-/// Records by id. Ids are dense and handed out in order, so fixed-size
+/// Records by id. Ids are handed out densely and in order, so fixed-size
 /// chunks indexed by `id - first` beat a hash map in memory and speed;
 /// unlike one growing buffer (or a hash map's rehash), a new chunk never
 /// copies the records already there, so the writer never stalls on growth.
+///
+/// A record can be removed (a finished run forgotten): its id stays taken,
+/// and a chunk whose every record is gone is freed, so memory follows the
+/// records kept, not every id ever handed out.
 #[derive(Debug)]
 pub(crate) struct Table<Id, T> {
+    /// The id of the first slot of `chunks[0]`.
     first: u64,
+    /// The id the next record will have.
+    next: u64,
+    chunks: std::collections::VecDeque<Chunk<T>>,
+    /// Records present.
     len: usize,
-    chunks: Vec<Vec<T>>,
     id: std::marker::PhantomData<Id>,
+}
+
+#[derive(Debug)]
+struct Chunk<T> {
+    /// Up to [`CHUNK`] slots; a removed record leaves `None`.
+    slots: Vec<Option<T>>,
+    /// Slots holding a record.
+    live: usize,
 }
 
 pub(crate) type JobTable = Table<JobId, Job>;
@@ -184,54 +214,119 @@ impl<Id: DenseId, T> Table<Id, T> {
     pub(crate) fn starting_at(first: Id) -> Table<Id, T> {
         Table {
             first: first.to_u64(),
+            next: first.to_u64(),
+            chunks: std::collections::VecDeque::new(),
             len: 0,
-            chunks: Vec::new(),
             id: std::marker::PhantomData,
         }
     }
 
-    pub(crate) fn first_id(&self) -> Id {
-        Id::from_u64(self.first)
-    }
-
     pub(crate) fn next_id(&self) -> Id {
-        Id::from_u64(self.first + self.len as u64)
+        Id::from_u64(self.next)
     }
 
     /// Adds the record of `id`, which must be the next id.
     pub(crate) fn push(&mut self, id: Id, record: T) {
-        assert_eq!(
-            id.to_u64(),
-            self.next_id().to_u64(),
-            "records are added in id order"
-        );
-        if self.len.is_multiple_of(CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+        assert_eq!(id.to_u64(), self.next, "records are added in id order");
+        let slot = (self.next - self.first) as usize;
+        if slot / CHUNK == self.chunks.len() {
+            self.chunks.push_back(Chunk {
+                slots: Vec::with_capacity(CHUNK),
+                live: 0,
+            });
         }
-        self.chunks
-            .last_mut()
-            .expect("a chunk with room")
-            .push(record);
+        let chunk = self.chunks.back_mut().expect("a chunk with room");
+        // Ids skipped by `skip_to` in this chunk hold no record.
+        chunk.slots.resize_with(slot % CHUNK, || None);
+        chunk.slots.push(Some(record));
+        chunk.live += 1;
+        self.next += 1;
         self.len += 1;
+    }
+
+    /// Hands out every id before `next` without a record (restoring a
+    /// table whose records there were removed).
+    pub(crate) fn skip_to(&mut self, next: Id) {
+        assert!(next.to_u64() >= self.next, "ids are never handed out twice");
+        let chunks_needed = (next.to_u64() - self.first).div_ceil(CHUNK as u64) as usize;
+        while self.chunks.len() < chunks_needed {
+            self.chunks.push_back(Chunk {
+                slots: Vec::new(),
+                live: 0,
+            });
+        }
+        let last = self.chunks.len().saturating_sub(1);
+        let first_touched = ((self.next - self.first) as usize / CHUNK).min(last);
+        self.next = next.to_u64();
+        for chunk in first_touched..self.chunks.len() {
+            self.release(chunk);
+        }
+        self.pop_released();
+    }
+
+    /// Removes the record of `id`, which must be present. Its id is not
+    /// handed out again.
+    pub(crate) fn remove(&mut self, id: Id) -> T {
+        let slot = self
+            .slot(id)
+            .unwrap_or_else(|| panic!("{id} is not in its table"));
+        let chunk = &mut self.chunks[slot / CHUNK];
+        let record = chunk.slots[slot % CHUNK]
+            .take()
+            .unwrap_or_else(|| panic!("{id} is not in its table"));
+        chunk.live -= 1;
+        self.len -= 1;
+        self.release(slot / CHUNK);
+        self.pop_released();
+        record
+    }
+
+    /// Frees chunk `c`'s memory if it holds no record and never will again
+    /// (every id in it is handed out).
+    fn release(&mut self, c: usize) {
+        let handed_out = self.next - self.first;
+        let chunk = &mut self.chunks[c];
+        if chunk.live == 0 && ((c + 1) * CHUNK) as u64 <= handed_out {
+            chunk.slots = Vec::new();
+        }
+    }
+
+    /// Drops freed chunks from the front, so the chunk list follows the
+    /// oldest record kept.
+    fn pop_released(&mut self) {
+        while self.chunks.front().is_some_and(|chunk| chunk.live == 0)
+            && self.next - self.first >= CHUNK as u64
+        {
+            self.chunks.pop_front();
+            self.first += CHUNK as u64;
+        }
     }
 
     fn slot(&self, id: Id) -> Option<usize> {
         let slot = usize::try_from(id.to_u64().checked_sub(self.first)?).ok()?;
-        (slot < self.len).then_some(slot)
+        (id.to_u64() < self.next).then_some(slot)
     }
 
     pub(crate) fn get(&self, id: Id) -> Option<&T> {
         let slot = self.slot(id)?;
-        Some(&self.chunks[slot / CHUNK][slot % CHUNK])
+        self.chunks[slot / CHUNK].slots.get(slot % CHUNK)?.as_ref()
     }
 
     pub(crate) fn get_mut(&mut self, id: Id) -> Option<&mut T> {
         let slot = self.slot(id)?;
-        Some(&mut self.chunks[slot / CHUNK][slot % CHUNK])
+        self.chunks[slot / CHUNK]
+            .slots
+            .get_mut(slot % CHUNK)?
+            .as_mut()
     }
 
     pub(crate) fn contains(&self, id: Id) -> bool {
-        self.slot(id).is_some()
+        self.get(id).is_some()
+    }
+
+    /// Whether `id` was handed out and its record removed since.
+    pub(crate) fn was_removed(&self, id: Id) -> bool {
+        id.to_u64() >= 1 && id.to_u64() < self.next && !self.contains(id)
     }
 
     /// The record, which must exist: for ids the scheduler itself validated.
@@ -247,17 +342,27 @@ impl<Id: DenseId, T> Table<Id, T> {
 
     /// The records in id order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.chunks.iter().flatten()
+        self.chunks
+            .iter()
+            .flat_map(|chunk| chunk.slots.iter().flatten())
     }
 
     /// The records with their ids, in id order.
     pub(crate) fn iter_ids(&self) -> impl Iterator<Item = (Id, &T)> {
         let first = self.first;
-        self.iter()
-            .enumerate()
-            .map(move |(i, record)| (Id::from_u64(first + i as u64), record))
+        self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
+            chunk
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, record)| {
+                    let id = first + (c * CHUNK + i) as u64;
+                    record.as_ref().map(|record| (Id::from_u64(id), record))
+                })
+        })
     }
 
+    /// Records present.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -294,4 +399,92 @@ pub(crate) struct Timers {
     pub(crate) queued: BTreeSet<(TimeMs, JobId)>,
     pub(crate) deadlines: BTreeSet<(TimeMs, JobId)>,
     pub(crate) leases: BTreeSet<(TimeMs, AgentId)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Ids = Table<RunId, u64>;
+
+    fn filled(count: u64) -> Ids {
+        let mut table = Ids::new();
+        for id in 1..=count {
+            table.push(RunId(id), id);
+        }
+        table
+    }
+
+    /// A removed record leaves its id taken; a chunk whose every record is
+    /// gone is freed, and freed chunks at the front are dropped.
+    #[test]
+    fn removing_records_frees_whole_chunks_and_keeps_ids() {
+        let chunk = CHUNK as u64;
+        let mut table = filled(3 * chunk + 5);
+        for id in 1..=chunk {
+            assert_eq!(table.remove(RunId(id)), id);
+        }
+        assert_eq!(table.chunks.len(), 3, "the emptied first chunk is dropped");
+        assert_eq!(table.first, 1 + chunk);
+        // Empty the third chunk: freed in place, kept for the indexing.
+        for id in 2 * chunk + 1..=3 * chunk {
+            table.remove(RunId(id));
+        }
+        assert_eq!(table.chunks[1].slots.capacity(), 0);
+        assert_eq!(table.len(), chunk as usize + 5);
+        assert!(table.was_removed(RunId(1)) && table.was_removed(RunId(2 * chunk + 1)));
+        assert!(!table.was_removed(RunId(chunk + 1)));
+        assert!(!table.was_removed(RunId(3 * chunk + 6)), "never handed out");
+        assert!(table.get(RunId(2 * chunk + 7)).is_none());
+        assert_eq!(table.get(RunId(3 * chunk + 2)), Some(&(3 * chunk + 2)));
+        let ids: Vec<u64> = table.iter_ids().map(|(id, _)| id.0).collect();
+        let expected: Vec<u64> = (chunk + 1..=2 * chunk)
+            .chain(3 * chunk + 1..=3 * chunk + 5)
+            .collect();
+        assert_eq!(ids, expected);
+        assert_eq!(table.iter().copied().collect::<Vec<_>>(), expected);
+        // The last chunk, still filling, is never freed.
+        for id in 3 * chunk + 1..=3 * chunk + 5 {
+            table.remove(RunId(id));
+        }
+        table.push(RunId(3 * chunk + 6), 7);
+        assert_eq!(table.get(RunId(3 * chunk + 6)), Some(&7));
+        assert_eq!(table.next_id(), RunId(3 * chunk + 7));
+    }
+
+    /// A removed record costs no more than a kept one: `None` fits in the
+    /// record's own niche.
+    #[test]
+    fn an_empty_slot_is_no_bigger_than_a_record() {
+        assert_eq!(size_of::<Option<Job>>(), size_of::<Job>());
+        assert_eq!(size_of::<Option<Run>>(), size_of::<Run>());
+    }
+
+    /// Restoring skips the ids of records that were removed, within a chunk
+    /// and across whole chunks, without memory for the skipped ones.
+    #[test]
+    fn skipping_ids_leaves_them_removed() {
+        let chunk = CHUNK as u64;
+        let mut table = Ids::starting_at(RunId(10));
+        table.push(RunId(10), 10);
+        table.skip_to(RunId(20));
+        table.push(RunId(20), 20);
+        table.skip_to(RunId(10 + 5 * chunk));
+        table.push(RunId(10 + 5 * chunk), 1);
+        table.skip_to(RunId(12 + 5 * chunk));
+        assert_eq!(table.next_id(), RunId(12 + 5 * chunk));
+        assert_eq!(table.len(), 3);
+        let ids: Vec<u64> = table.iter_ids().map(|(id, _)| id.0).collect();
+        assert_eq!(ids, [10, 20, 10 + 5 * chunk]);
+        assert!(table.was_removed(RunId(15)) && table.was_removed(RunId(11 + 5 * chunk)));
+        let allocated: usize = table.chunks.iter().map(|c| c.slots.capacity()).sum();
+        assert!(allocated <= 2 * CHUNK, "skipped chunks hold no memory");
+        table.remove(RunId(10));
+        table.remove(RunId(20));
+        assert_eq!(
+            table.first,
+            10 + 5 * chunk,
+            "the empty chunks before are dropped"
+        );
+    }
 }

@@ -193,6 +193,17 @@ impl Scheduler {
         self.jobs.get(id).map(|job| self.job_view(job))
     }
 
+    /// The job, or why there is none (never submitted, or forgotten).
+    pub fn job_checked(&self, id: JobId) -> Result<JobView<'_>, Rejection> {
+        self.find_job(id).map(|job| self.job_view(job))
+    }
+
+    /// The run, or why there is none (never submitted, or forgotten).
+    pub fn run_checked(&self, id: RunId) -> Result<RunView<'_>, Rejection> {
+        self.find_run(id)?;
+        Ok(self.run(id).expect("a run just found"))
+    }
+
     /// Every job the scheduler holds, in id order.
     pub fn jobs(&self) -> impl Iterator<Item = JobView<'_>> {
         self.jobs.iter().map(|job| self.job_view(job))
@@ -282,7 +293,7 @@ impl Scheduler {
 
     /// The job's place in line and every reason it is not running now.
     pub fn explain(&self, id: JobId) -> Result<Explanation, Rejection> {
-        let job = self.jobs.get(id).ok_or(Rejection::UnknownJob(id))?;
+        let job = self.find_job(id)?;
         let queue = &self.queues[job.queue as usize].config;
         let mut reasons = Vec::new();
         let mut ahead = None;

@@ -632,13 +632,13 @@ impl Session {
                 agent: needs_agent()?,
                 completions: m.completions.into_iter().map(Into::into).collect(),
             },
-            Message::GetJob(m) => Work::Read(Box::new(move |s| match s.job(m.job) {
-                Some(view) => Message::JobInfo(JobInfo::from(&view)),
-                None => not_found(format!("{} not found", m.job)),
+            Message::GetJob(m) => Work::Read(Box::new(move |s| match s.job_checked(m.job) {
+                Ok(view) => Message::JobInfo(JobInfo::from(&view)),
+                Err(rejection) => Message::Error(ErrorAnswer::from(&rejection)),
             })),
-            Message::GetRun(m) => Work::Read(Box::new(move |s| match s.run(m.run) {
-                Some(view) => Message::RunInfo(RunInfo::from(&view)),
-                None => not_found(format!("{} not found", m.run)),
+            Message::GetRun(m) => Work::Read(Box::new(move |s| match s.run_checked(m.run) {
+                Ok(view) => Message::RunInfo(RunInfo::from(&view)),
+                Err(rejection) => Message::Error(ErrorAnswer::from(&rejection)),
             })),
             Message::ExplainJob(m) => Work::Read(Box::new(move |s| match s.explain(m.job) {
                 Ok(explanation) => Message::Explanation(explanation),
@@ -751,7 +751,7 @@ async fn watch(
     }
     let current = driver
         .read(move |s| match target {
-            WatchTarget::Job(job) => s.job(job).map(|view| {
+            WatchTarget::Job(job) => s.job_checked(job).map(|view| {
                 let last = matches!(view.status, crate::sched::view::JobStatus::Finished { .. });
                 vec![JobUpdate {
                     job,
@@ -761,7 +761,7 @@ async fn watch(
                     last,
                 }]
             }),
-            WatchTarget::Run(run) => s.run(run).map(|view| {
+            WatchTarget::Run(run) => s.run_checked(run).map(|view| {
                 let mut updates: Vec<JobUpdate> = view
                     .jobs
                     .iter()
@@ -784,17 +784,10 @@ async fn watch(
         })
         .await;
     let updates = match current {
-        Ok(Some(updates)) => updates,
-        Ok(None) => {
+        Ok(Ok(updates)) => updates,
+        Ok(Err(rejection)) => {
             registry.unwatch(target, connection, request_id);
-            let what = match target {
-                WatchTarget::Job(job) => job.to_string(),
-                WatchTarget::Run(run) => run.to_string(),
-            };
-            output.send(
-                request_id,
-                ErrorAnswer::new(ErrorCode::NotFound, format!("{what} not found")),
-            );
+            output.send(request_id, ErrorAnswer::from(&rejection));
             return;
         }
         Err(_) => {
@@ -847,12 +840,10 @@ fn reply_message(reply: Reply) -> Message {
                 .map(|result| result.as_ref().copied().map_err(ErrorAnswer::from))
                 .collect(),
         }),
-        Reply::Done | Reply::Ticked { .. } | Reply::Fired { .. } => Message::Done(Done),
+        Reply::Done | Reply::Ticked { .. } | Reply::Fired { .. } | Reply::Forgot { .. } => {
+            Message::Done(Done)
+        }
     }
-}
-
-fn not_found(message: String) -> Message {
-    Message::Error(ErrorAnswer::new(ErrorCode::NotFound, message))
 }
 
 fn unavailable() -> ErrorAnswer {

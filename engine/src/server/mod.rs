@@ -187,6 +187,8 @@ pub struct EngineConfig {
     pub scheduler: crate::sched::SchedulerConfig,
     /// Snapshot every this many durable events; `None`: never.
     pub snapshot_every_events: Option<u64>,
+    /// How much finished work is kept; `None`: all of it, forever.
+    pub retention: Option<crate::sched::Retention>,
     pub tokens: Tokens,
     pub limits: Limits,
     /// Cut a damaged log or pass over a damaged snapshot instead of
@@ -279,6 +281,7 @@ pub async fn start(config: EngineConfig) -> Result<Running, EngineError> {
                 every_events,
                 scheduler: config.scheduler.clone(),
             }),
+        retention: config.retention,
         watched: Some(registry.watched()),
         metrics: metrics.clone(),
         ..DriverConfig::default()

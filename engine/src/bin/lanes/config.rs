@@ -52,6 +52,10 @@ struct ServerSection {
     #[serde(default, deserialize_with = "duration")]
     lease: Option<Duration>,
     snapshot_every: Option<u64>,
+    #[serde(default, deserialize_with = "duration")]
+    retain_finished: Option<Duration>,
+    retain_finished_jobs: Option<u64>,
+    retain_keys: Option<u64>,
     #[serde(default, deserialize_with = "missed")]
     missed_triggers: Option<Missed>,
 }
@@ -160,6 +164,9 @@ pub struct Config {
     pub durability: Option<Durability>,
     pub lease_ms: Option<u64>,
     pub snapshot_every: Option<u64>,
+    pub retain_finished_ms: Option<u64>,
+    pub retain_finished_jobs: Option<u64>,
+    pub retain_keys: Option<u64>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub tokens: Vec<(Role, String)>,
     pub limits: lanes::server::Limits,
@@ -214,6 +221,9 @@ pub fn parse(text: &str) -> Result<Config, String> {
         durability: file.server.durability,
         lease_ms: file.server.lease.map(milliseconds),
         snapshot_every: file.server.snapshot_every,
+        retain_finished_ms: file.server.retain_finished.map(milliseconds),
+        retain_finished_jobs: file.server.retain_finished_jobs,
+        retain_keys: file.server.retain_keys,
         tls: file.tls.map(|tls| (tls.cert, tls.key)),
         ..Config::default()
     };

@@ -9,11 +9,12 @@ use clap::Subcommand;
 use lanes::driver::{system_clock, DriverHandle, Durability};
 use lanes::log::{verify, SledStore};
 use lanes::protocol::Role;
-use lanes::sched::{Command, SchedulerConfig};
+use lanes::sched::{Command, Retention, SchedulerConfig};
 use lanes::server::{self, EngineConfig, Tokens};
 use lanes::tls::TlsFiles;
 use lanes::triggers::{self, Triggers};
 
+use crate::common::{milliseconds, parse_duration};
 use crate::config::{self, Config, Rules};
 
 #[derive(clap::Args, Debug)]
@@ -50,6 +51,19 @@ pub struct ServeArgs {
     /// 0: never. Default: 1000000.
     #[arg(long, env = "LANES_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
+    /// How long a finished run (and its jobs) is kept before it is
+    /// forgotten, e.g. `1h`, `30m`; its idempotency key is remembered this
+    /// long too. Default: 1h.
+    #[arg(long, env = "LANES_RETAIN_FINISHED", value_parser = parse_duration)]
+    retain_finished: Option<std::time::Duration>,
+    /// Most jobs of finished runs kept: past it the oldest finished runs are
+    /// forgotten early. Bounds memory and snapshot size. Default: 100000.
+    #[arg(long, env = "LANES_RETAIN_FINISHED_JOBS")]
+    retain_finished_jobs: Option<u64>,
+    /// Most idempotency keys remembered of forgotten runs (the oldest go
+    /// first). Default: 1000000.
+    #[arg(long, env = "LANES_RETAIN_KEYS")]
+    retain_keys: Option<u64>,
     /// Cut a damaged log at the first damaged record, or pass over a damaged
     /// snapshot, instead of refusing to start. Says exactly what it drops.
     #[arg(long)]
@@ -255,6 +269,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // A flag (or its environment variable) wins over the file, the file
     // over the built-in default.
+    let retention = retention(&args, &file);
     let data = args
         .data
         .or(file.data)
@@ -296,6 +311,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or(lanes::sched::LEASE_MS_DEFAULT),
         },
         snapshot_every_events: (snapshot_every > 0).then_some(snapshot_every),
+        retention: Some(retention),
         tokens,
         limits: file.limits,
         repair: args.repair,
@@ -372,6 +388,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Applies the file's queues and tag limits, each as the command an admin
 /// would send, so each change is in the log. Unchanged ones record nothing.
+/// The retention: flags, then the file, then the defaults.
+fn retention(args: &ServeArgs, file: &Config) -> Retention {
+    let defaults = Retention::default();
+    Retention {
+        finished_ms: args
+            .retain_finished
+            .map(milliseconds)
+            .or(file.retain_finished_ms)
+            .unwrap_or(defaults.finished_ms),
+        finished_jobs: args
+            .retain_finished_jobs
+            .or(file.retain_finished_jobs)
+            .unwrap_or(defaults.finished_jobs),
+        keys: args
+            .retain_keys
+            .or(file.retain_keys)
+            .unwrap_or(defaults.keys),
+    }
+}
+
 async fn apply_rules(driver: &DriverHandle, rules: &Rules) -> anyhow::Result<()> {
     let mut commands: Vec<Command> = rules
         .queues
