@@ -2157,7 +2157,7 @@ fn section_startup(options: &Options) -> anyhow::Result<()> {
         let image = scheduler.image();
         images.push(started.elapsed().as_secs_f64());
         let started = Instant::now();
-        path = snapshot::write(data, &image)?;
+        path = snapshot::write(data, image)?;
         writes.push(started.elapsed().as_secs_f64());
     }
     let (image_seconds, write_seconds) = (median(&images), median(&writes));
@@ -2271,7 +2271,7 @@ fn section_latency(options: &Options) -> anyhow::Result<()> {
     );
     let preload = scratch(&options.dir, "preload")?;
     let scheduler = waiting_state(options.latency_jobs)?;
-    snapshot::write(preload.path(), &scheduler.image())?;
+    snapshot::write(preload.path(), scheduler.image())?;
     drop(scheduler);
     let mut rows: Vec<(Durability, bool, Vec<DriverReading>)> = Vec::new();
     for &durability in &options.latency_durabilities {

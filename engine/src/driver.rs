@@ -321,7 +321,16 @@ impl Driver {
                         while let Ok(upto) = triggered.recv() {
                             let started = Instant::now();
                             match take_snapshot(&policy.data, reader.as_mut(), upto, policy.scheduler.clone()) {
-                                Ok(seq) => tracing::info!(seq, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written, earlier records trimmed"),
+                                Ok(taken) => tracing::info!(
+                                    seq = taken.seq,
+                                    elapsed_ms = started.elapsed().as_millis() as u64,
+                                    events = taken.events,
+                                    load_ms = taken.load_ms,
+                                    replay_ms = taken.replay_ms,
+                                    write_ms = taken.write_ms,
+                                    trim_ms = taken.trim_ms,
+                                    "snapshot written, earlier records trimmed"
+                                ),
                                 Err(error) => tracing::warn!(%error, "snapshot failed; the log keeps its records"),
                             }
                         }

@@ -229,13 +229,27 @@ pub fn recover(
 /// the newest snapshot, plus the log's records up to `upto`, through the
 /// same apply. Writes it, then trims the records it covers. Returns the
 /// sequence of the new snapshot.
+/// What a snapshot covered and where its time went, for the log line.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotTaken {
+    pub seq: Seq,
+    /// Events replayed on top of the previous snapshot.
+    pub events: u64,
+    pub load_ms: u64,
+    pub replay_ms: u64,
+    pub write_ms: u64,
+    pub trim_ms: u64,
+}
+
 pub fn take_snapshot(
     data: &std::path::Path,
     reader: &mut dyn crate::log::LogReader,
     upto: Seq,
     config: crate::sched::SchedulerConfig,
-) -> Result<Seq, StartError> {
+) -> Result<SnapshotTaken, StartError> {
     use crate::log::snapshot;
+    let ms = |since: std::time::Instant| since.elapsed().as_millis() as u64;
+    let started = std::time::Instant::now();
     let mut scheduler = match snapshot::list(data)?.first() {
         Some((_, path)) => {
             Scheduler::from_image(config, snapshot::read(path)?).map_err(|error| {
@@ -247,6 +261,9 @@ pub fn take_snapshot(
         }
         None => Scheduler::new(config),
     };
+    let load_ms = ms(started);
+    let replay_started = std::time::Instant::now();
+    let first = scheduler.last_seq();
     let mut failure = None;
     reader.scan(0, &mut |key, bytes| {
         let (header, events) = match format::decode(bytes) {
@@ -283,7 +300,18 @@ pub fn take_snapshot(
         return Err(error.into());
     }
     let seq = scheduler.last_seq();
-    snapshot::write(data, &scheduler.image())?;
+    let replay_ms = ms(replay_started);
+    let write_started = std::time::Instant::now();
+    snapshot::write(data, scheduler.image())?;
+    let write_ms = ms(write_started);
+    let trim_started = std::time::Instant::now();
     reader.remove_before(seq + 1)?;
-    Ok(seq)
+    Ok(SnapshotTaken {
+        seq,
+        events: seq - first,
+        load_ms,
+        replay_ms,
+        write_ms,
+        trim_ms: ms(trim_started),
+    })
 }

@@ -48,7 +48,7 @@ fn log_verify_reports_a_clean_log_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let state = data_folder(dir.path(), 10);
-    snapshot::write(dir.path(), &state.image()).unwrap();
+    snapshot::write(dir.path(), state.image()).unwrap();
     let (code, text) = lanes(&["log", "verify", "--data", data]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("log: 10 records, 10 events"), "{text}");

@@ -235,7 +235,7 @@ fn start_up_loads_the_snapshot_and_replays_the_records_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, live) = workload(30, 4);
     let half = batches.len() / 2;
-    snapshot::write(dir.path(), &state_after(&batches[..half]).image()).unwrap();
+    snapshot::write(dir.path(), state_after(&batches[..half]).image()).unwrap();
     // The log still holds every record; those covered by the snapshot are skipped.
     log_with(dir.path(), &batches);
     let (recovered, report) = start(dir.path(), false).unwrap();
@@ -252,8 +252,8 @@ fn damaged_snapshot_refuses_to_start_unless_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, live) = workload(30, 4);
     log_with(dir.path(), &batches);
-    let older = snapshot::write(dir.path(), &state_after(&batches[..5]).image()).unwrap();
-    let newer = snapshot::write(dir.path(), &state_after(&batches[..10]).image()).unwrap();
+    let older = snapshot::write(dir.path(), state_after(&batches[..5]).image()).unwrap();
+    let newer = snapshot::write(dir.path(), state_after(&batches[..10]).image()).unwrap();
     let mut bytes = std::fs::read(&newer).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -280,7 +280,7 @@ fn damaged_snapshot_refuses_to_start_unless_repaired() {
 fn newer_snapshot_format_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, _) = workload(5, 4);
-    let path = snapshot::write(dir.path(), &state_after(&batches).image()).unwrap();
+    let path = snapshot::write(dir.path(), state_after(&batches).image()).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[4..6].copy_from_slice(&7u16.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();

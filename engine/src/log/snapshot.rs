@@ -166,15 +166,18 @@ const OUTCOMES: [Outcome; 7] = [
     Outcome::Lost,
 ];
 
-impl From<&Image> for SnapshotRecord {
-    fn from(image: &Image) -> SnapshotRecord {
+impl From<Image> for SnapshotRecord {
+    /// Moves the image's contents (payloads, names) rather than copying
+    /// them: a snapshot of millions of jobs is built once.
+    fn from(image: Image) -> SnapshotRecord {
+        let first_job = image.jobs.first().map_or(image.next_job, |job| job.id.0);
         SnapshotRecord {
             last_seq: image.last_seq,
             clock: image.clock,
             next_run: image.next_run,
             queues: image
                 .queues
-                .iter()
+                .into_iter()
                 .map(|q| {
                     let counts = [
                         q.waiting,
@@ -188,12 +191,12 @@ impl From<&Image> for SnapshotRecord {
                 })
                 .collect(),
             rules: image.rules.iter().map(Into::into).collect(),
-            pools: image.pools.clone(),
-            tag_sets: image.tag_sets.clone(),
-            label_sets: image.label_sets.clone(),
+            pools: image.pools,
+            tag_sets: image.tag_sets,
+            label_sets: image.label_sets,
             runs: image
                 .runs
-                .iter()
+                .into_iter()
                 .map(|r| RunSnapshot {
                     id: r.id.0,
                     queue: r.queue,
@@ -212,18 +215,18 @@ impl From<&Image> for SnapshotRecord {
                     active: r.active,
                     open_stage: r.open_stage,
                     failed_stage: r.failed_stage,
-                    idempotency_key: r.idempotency_key.clone(),
+                    idempotency_key: r.idempotency_key,
                 })
                 .collect(),
-            first_job: image.jobs.first().map_or(image.next_job, |job| job.id.0),
-            jobs: image.jobs.iter().map(job_snapshot).collect(),
+            first_job,
+            jobs: image.jobs.into_iter().map(job_snapshot).collect(),
             agents: image
                 .agents
-                .iter()
+                .into_iter()
                 .map(|a| AgentSnapshot {
-                    name: a.name.clone(),
-                    pools: a.pools.clone(),
-                    labels: a.labels.clone(),
+                    name: a.name,
+                    pools: a.pools,
+                    labels: a.labels,
                     slots: a.slots,
                     running: a.running.iter().map(|j| j.0).collect(),
                     credit: a.credit,
@@ -234,14 +237,14 @@ impl From<&Image> for SnapshotRecord {
                 .collect(),
             idempotency: image
                 .idempotency
-                .iter()
-                .map(|(k, run, hash)| (k.clone(), run.0, *hash))
+                .into_iter()
+                .map(|(k, run, hash)| (k, run.0, hash))
                 .collect(),
         }
     }
 }
 
-fn job_snapshot(job: &JobImage) -> JobSnapshot {
+fn job_snapshot(job: JobImage) -> JobSnapshot {
     let (state, agent, reason, exit_code, finished_at) = match job.state {
         JobStateImage::Held => (0, 0, 0, None, 0),
         JobStateImage::Waiting => (1, 0, 0, None, 0),
@@ -286,7 +289,7 @@ fn job_snapshot(job: &JobImage) -> JobSnapshot {
         waiting_since: job.waiting_since,
         max_queued_time_ms: job.max_queued_time_ms,
         deadline_at: job.deadline_at,
-        payload: job.payload.clone(),
+        payload: job.payload,
     }
 }
 
@@ -439,44 +442,55 @@ impl SnapshotRecord {
 
 /// Encodes an image as snapshot file bytes.
 pub fn encode(image: &Image) -> Vec<u8> {
+    let (header, payload) = encode_parts(image.clone());
+    [&header[..], &payload[..]].concat()
+}
+
+/// The header and the archived payload of an image, apart: the payload of
+/// a large state is hundreds of megabytes, and the file takes the two
+/// without joining them.
+fn encode_parts(image: Image) -> ([u8; HEADER_LEN], rkyv::util::AlignedVec) {
+    let last_seq = image.last_seq;
+    let next_job = image.next_job;
+    let job_spans = job_spans(&image.jobs);
+    let triggers = image.triggers.clone();
+    let draining = image.draining;
+    let forgotten_keys = image
+        .forgotten_keys
+        .iter()
+        .map(|k| ForgottenKeySnapshot {
+            finished_at: k.finished_at,
+            key: k.key.clone(),
+            run: k.run.0,
+            hash: k.hash,
+            first_job: k.first_job.0,
+            count: k.count,
+        })
+        .collect();
     let record = SnapshotRecordV3 {
         base: SnapshotRecordV2 {
             base: SnapshotRecord::from(image),
-            triggers: image.triggers.clone(),
-            draining: image.draining,
+            triggers,
+            draining,
         },
-        next_job: image.next_job,
-        job_spans: job_spans(&image.jobs),
-        forgotten_keys: image
-            .forgotten_keys
-            .iter()
-            .map(|k| ForgottenKeySnapshot {
-                finished_at: k.finished_at,
-                key: k.key.clone(),
-                run: k.run.0,
-                hash: k.hash,
-                first_job: k.first_job.0,
-                count: k.count,
-            })
-            .collect(),
+        next_job,
+        job_spans,
+        forgotten_keys,
     };
     let payload =
         rkyv::to_bytes::<rancor::Error>(&record).expect("archiving a snapshot cannot fail");
-    frame(SNAPSHOT_VERSION, image.last_seq, &payload)
+    (header(SNAPSHOT_VERSION, last_seq, &payload), payload)
 }
 
-/// The header and checksum around an archived payload.
-fn frame(version: u16, last_seq: Seq, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-    bytes.extend_from_slice(&SNAPSHOT_MAGIC);
-    bytes.extend_from_slice(&version.to_le_bytes());
-    bytes.extend_from_slice(&[0, 0]);
-    bytes.extend_from_slice(&last_seq.to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+/// The header of a file holding `payload`, with its checksum.
+fn header(version: u16, last_seq: Seq, payload: &[u8]) -> [u8; HEADER_LEN] {
+    let mut bytes = [0u8; HEADER_LEN];
+    bytes[0..4].copy_from_slice(&SNAPSHOT_MAGIC);
+    bytes[4..6].copy_from_slice(&version.to_le_bytes());
+    bytes[8..16].copy_from_slice(&last_seq.to_le_bytes());
+    bytes[16..24].copy_from_slice(&(payload.len() as u64).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), payload);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes.extend_from_slice(&[0; 4]);
-    bytes.extend_from_slice(payload);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
 
@@ -618,17 +632,20 @@ pub fn read(path: &Path) -> Result<Image, SnapshotError> {
 
 /// Writes a snapshot durably and removes all but the newest
 /// [`SNAPSHOTS_KEPT`].
-pub fn write(data: &Path, image: &Image) -> Result<PathBuf, SnapshotError> {
+pub fn write(data: &Path, image: Image) -> Result<PathBuf, SnapshotError> {
+    let last_seq = image.last_seq;
     let dir = folder(data);
-    let path = dir.join(file_name(image.last_seq));
+    let path = dir.join(file_name(last_seq));
     let io = |what: &str, e: std::io::Error| SnapshotError::Io {
         path: path.display().to_string(),
         reason: format!("{what}: {e}"),
     };
     fs::create_dir_all(&dir).map_err(|e| io("creating the folder", e))?;
-    let temporary = dir.join(format!("{}.tmp", file_name(image.last_seq)));
+    let temporary = dir.join(format!("{}.tmp", file_name(last_seq)));
     let mut file = File::create(&temporary).map_err(|e| io("creating", e))?;
-    file.write_all(&encode(image))
+    let (header, payload) = encode_parts(image);
+    file.write_all(&header)
+        .and_then(|()| file.write_all(&payload))
         .map_err(|e| io("writing", e))?;
     file.sync_all().map_err(|e| io("fsync", e))?;
     drop(file);
@@ -664,8 +681,9 @@ mod tests {
             )
             .expect("a submission");
         let image = scheduler.image();
-        let v1 = rkyv::to_bytes::<rancor::Error>(&SnapshotRecord::from(&image)).unwrap();
-        let decoded = decode("v1", &frame(1, image.last_seq, &v1)).expect("format 1 reads");
+        let v1 = rkyv::to_bytes::<rancor::Error>(&SnapshotRecord::from(image.clone())).unwrap();
+        let file = [&header(1, image.last_seq, &v1)[..], &v1[..]].concat();
+        let decoded = decode("v1", &file).expect("format 1 reads");
         assert_eq!(decoded, image);
         let restored = Scheduler::from_image(SchedulerConfig::default(), decoded).unwrap();
         assert_eq!(restored.digest(), scheduler.digest());
