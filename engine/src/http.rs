@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use tokio::net::TcpListener;
 
 use crate::driver::{system_clock, DriverHandle};
-use crate::metrics::{EngineMetrics, QueueGauges};
+use crate::metrics::{EngineMetrics, QueueGauges, RetentionGauges};
 use crate::sched::view::JobStatus;
 use crate::sched::Scheduler;
 use crate::server::Registry;
@@ -167,11 +167,19 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
 
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if let Some(engine) = shared.engine.get() {
-        let read = engine.driver.read(queue_gauges);
-        if let Ok(Ok(queues)) = tokio::time::timeout(SCRAPE_READ_TIMEOUT, read).await {
+        let read = engine.driver.read(|scheduler| {
+            let (finished_runs, finished_jobs) = scheduler.finished_kept();
+            let retention = RetentionGauges {
+                finished_runs,
+                finished_jobs,
+                forgotten_keys: scheduler.forgotten_keys(),
+            };
+            (queue_gauges(scheduler), retention)
+        });
+        if let Ok(Ok((queues, retention))) = tokio::time::timeout(SCRAPE_READ_TIMEOUT, read).await {
             let now = system_clock()();
             let agents = engine.registry.connected_agents();
-            shared.metrics.set_gauges(&queues, agents, now);
+            shared.metrics.set_gauges(&queues, retention, agents, now);
         }
     }
     (
@@ -187,11 +195,10 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 /// each queue is the first waiting one in id (submission) order: the walk
 /// stops once every queue with waiting jobs has found its own.
 ///
-/// BUG: the walk passes over every job before the oldest waiting one,
-/// finished ones included (the job table keeps them), so a scrape of a
-/// long-lived engine holds the writer for a time proportional to its
-/// history. A per-queue index of waiting jobs by submission in `sched/`
-/// would make it constant.
+/// The walk passes over every job kept before the oldest waiting one,
+/// finished ones included (up to the retention's cap), so a scrape holds
+/// the writer for a time proportional to the jobs kept. A per-queue index
+/// of waiting jobs by submission in `sched/` would make it constant.
 fn queue_gauges(scheduler: &Scheduler) -> Vec<QueueGauges> {
     let mut queues: Vec<QueueGauges> = scheduler
         .queues()

@@ -66,6 +66,22 @@ pub const LOG_APPENDED_BYTES: &str = "lanes_log_appended_bytes_total";
 pub const CONNECTIONS: &str = "lanes_connections";
 /// Gauge: agents with a connection bound to them now.
 pub const AGENTS_CONNECTED: &str = "lanes_agents_connected";
+/// Gauge: finished runs kept (not yet forgotten under the retention).
+pub const FINISHED_RUNS_KEPT: &str = "lanes_finished_runs_kept";
+/// Gauge: jobs of the finished runs kept: what `--retain-finished-jobs`
+/// caps.
+pub const FINISHED_JOBS_KEPT: &str = "lanes_finished_jobs_kept";
+/// Gauge: idempotency keys remembered of forgotten runs: what
+/// `--retain-keys` caps.
+pub const FORGOTTEN_KEYS: &str = "lanes_forgotten_run_keys";
+
+/// What the retention keeps, read from the state at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RetentionGauges {
+    pub(crate) finished_runs: usize,
+    pub(crate) finished_jobs: u64,
+    pub(crate) forgotten_keys: usize,
+}
 
 /// Seconds: from a millisecond (a loopback dispatch without sync) to a
 /// minute (a job that waited for a busy fleet), roughly ×2.5 apart.
@@ -174,7 +190,13 @@ impl EngineMetrics {
     }
 
     /// Sets the gauges read at scrape time.
-    pub(crate) fn set_gauges(&self, queues: &[QueueGauges], agents_connected: usize, now: TimeMs) {
+    pub(crate) fn set_gauges(
+        &self,
+        queues: &[QueueGauges],
+        retention: RetentionGauges,
+        agents_connected: usize,
+        now: TimeMs,
+    ) {
         for queue in queues {
             let gauge = |name: &'static str| {
                 let key = Key::from_parts(name, vec![Label::new("queue", queue.name.clone())]);
@@ -190,9 +212,15 @@ impl EngineMetrics {
                 .map_or(0, |at| now.saturating_sub(at));
             gauge(QUEUE_OLDEST_WAITING_AGE).set(age_ms as f64 / 1000.0);
         }
-        self.recorder
-            .register_gauge(&Key::from_static_name(AGENTS_CONNECTED), &METADATA)
-            .set(agents_connected as f64);
+        let gauge = |name: &'static str, value: f64| {
+            self.recorder
+                .register_gauge(&Key::from_static_name(name), &METADATA)
+                .set(value)
+        };
+        gauge(AGENTS_CONNECTED, agents_connected as f64);
+        gauge(FINISHED_RUNS_KEPT, retention.finished_runs as f64);
+        gauge(FINISHED_JOBS_KEPT, retention.finished_jobs as f64);
+        gauge(FORGOTTEN_KEYS, retention.forgotten_keys as f64);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -213,7 +241,7 @@ fn describe(recorder: &PrometheusRecorder) {
         Gauge,
         Histogram,
     }
-    let all: [(&'static str, Kind, Option<Unit>, &'static str); 14] = [
+    let all: [(&'static str, Kind, Option<Unit>, &'static str); 17] = [
         (
             QUEUE_WAITING,
             Kind::Gauge,
@@ -292,6 +320,24 @@ fn describe(recorder: &PrometheusRecorder) {
             Kind::Gauge,
             None,
             "Agents with a live connection.",
+        ),
+        (
+            FINISHED_RUNS_KEPT,
+            Kind::Gauge,
+            None,
+            "Finished runs kept, not yet forgotten.",
+        ),
+        (
+            FINISHED_JOBS_KEPT,
+            Kind::Gauge,
+            None,
+            "Jobs of the finished runs kept (capped by --retain-finished-jobs).",
+        ),
+        (
+            FORGOTTEN_KEYS,
+            Kind::Gauge,
+            None,
+            "Idempotency keys remembered of forgotten runs (capped by --retain-keys).",
         ),
     ];
     for (name, kind, unit, help) in all {

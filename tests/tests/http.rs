@@ -119,6 +119,10 @@ async fn metrics_count_a_queues_traffic_and_readiness_follows_the_engine() {
     // The admin and the agent.
     assert_eq!(sample(&text, "lanes_connections"), 2.0);
     assert_eq!(sample(&text, "lanes_agents_connected"), 1.0);
+    // Three finished one-job runs, within the default retention.
+    assert_eq!(sample(&text, "lanes_finished_runs_kept"), 3.0);
+    assert_eq!(sample(&text, "lanes_finished_jobs_kept"), 3.0);
+    assert_eq!(sample(&text, "lanes_forgotten_run_keys"), 0.0);
     assert!(text.contains("# TYPE lanes_jobs_dispatched_total counter"));
     assert!(text.contains("# HELP lanes_queue_wait_seconds"));
 
