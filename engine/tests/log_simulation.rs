@@ -14,7 +14,9 @@ use lanes::driver::{Batch, BatchSyncer, BatchWriter, Durability, Request};
 use lanes::log::MemoryStore;
 use lanes::model::{JobId, JobSpec, Report, RunId, RunSpec};
 use lanes::replay::{replay, ReplayOptions};
-use lanes::sched::{Command, Event, EventKind, Reply, Scheduler, SchedulerConfig};
+use lanes::sched::{
+    Command, Event, EventKind, Rejection, Reply, Retention, Scheduler, SchedulerConfig,
+};
 use tokio::sync::oneshot;
 
 /// splitmix64: a tiny, seedable generator so failures replay exactly.
@@ -62,8 +64,10 @@ impl Engine {
     }
 }
 
-/// Runs one seed; returns a description of the first broken promise.
-fn simulate(seed: u64, durability: Durability) -> Result<(), String> {
+/// Runs one seed; returns how many runs it forgot (so the suite can check
+/// forgetting happened at all), or a description of the first broken
+/// promise.
+fn simulate(seed: u64, durability: Durability) -> Result<usize, String> {
     let mut rng = Rng(seed);
     let config = SchedulerConfig::default();
     let mut engine = Engine::start(
@@ -76,6 +80,7 @@ fn simulate(seed: u64, durability: Durability) -> Result<(), String> {
     let mut acked: Vec<(RunId, JobId, u32)> = Vec::new();
     let mut history: Vec<Event> = Vec::new();
     let mut agent = None;
+    let mut forgotten = 0;
     for step in 0..60 {
         now += rng.below(50);
         match rng.below(10) {
@@ -84,7 +89,7 @@ fn simulate(seed: u64, durability: Durability) -> Result<(), String> {
                 let mut requests = Vec::new();
                 for _ in 0..1 + rng.below(4) {
                     let (reply, answer) = oneshot::channel();
-                    let command = match (rng.below(4), agent) {
+                    let command = match (rng.below(5), agent) {
                         (0, None) => Command::RegisterAgent {
                             name: "agent".into(),
                             pools: vec!["default".into()],
@@ -109,6 +114,13 @@ fn simulate(seed: u64, durability: Durability) -> Result<(), String> {
                                 None => Command::Tick,
                             }
                         }
+                        // Finished runs forgotten: recovery must forget
+                        // exactly the same ones.
+                        (4, _) => Command::Forget(Retention {
+                            finished_ms: rng.below(100),
+                            finished_jobs: rng.below(4),
+                            keys: rng.below(2),
+                        }),
                         _ => {
                             let jobs = 1 + rng.below(3) as usize;
                             let spec = RunSpec {
@@ -127,6 +139,14 @@ fn simulate(seed: u64, durability: Durability) -> Result<(), String> {
                 }
                 match engine.writer.write_batch(requests.into_iter(), now) {
                     Ok(batch) => {
+                        forgotten += batch
+                            .events
+                            .iter()
+                            .map(|event| match &event.kind {
+                                EventKind::RunsForgotten { runs, .. } => runs.len(),
+                                _ => 0,
+                            })
+                            .sum::<usize>();
                         engine.applied.extend(batch.events.iter().cloned());
                         engine.in_flight.push_back(batch);
                     }
@@ -206,7 +226,7 @@ fn simulate(seed: u64, durability: Durability) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(forgotten)
 }
 
 /// Replays a crashed store and checks it against the acknowledgements and
@@ -249,9 +269,12 @@ fn check_recovers(store: &MemoryStore, acked: &[(RunId, JobId, u32)]) -> Result<
         .map_err(|e| format!("replay failed: {e}"))?;
     scheduler.check_invariants();
     for &(run, first_job, jobs) in acked {
-        let found = scheduler
-            .run(run)
-            .ok_or(format!("acknowledged {run} is missing after recovery"))?;
+        let found = match scheduler.run_checked(run) {
+            Ok(found) => found,
+            // Finished and forgotten by a `Forget` in the log: it was there.
+            Err(Rejection::ForgottenRun(_)) => continue,
+            Err(_) => return Err(format!("acknowledged {run} is missing after recovery")),
+        };
         if found.jobs.first() != Some(&first_job) || found.jobs.len() < jobs as usize {
             return Err(format!("acknowledged {run} came back with other jobs"));
         }
@@ -274,10 +297,15 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn acknowledged_events_survive_crashes_and_io_faults() {
+    let mut forgotten = 0;
     for seed in seeds() {
-        if let Err(failure) = simulate(seed, Durability::Sync) {
-            panic!("{failure}\nreplay with: LANES_SIM_SEED={seed} cargo test -p lanes-engine --test log_simulation");
+        match simulate(seed, Durability::Sync) {
+            Ok(runs) => forgotten += runs,
+            Err(failure) => panic!("{failure}\nreplay with: LANES_SIM_SEED={seed} cargo test -p lanes-engine --test log_simulation"),
         }
+    }
+    if seeds().len() > 100 {
+        assert!(forgotten > 0, "no seed forgot a finished run");
     }
 }
 

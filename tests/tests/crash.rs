@@ -4,6 +4,9 @@
 //! the end no submission is duplicated, no job finished twice, and the
 //! state the engine held equals a fresh replay of its log.
 //!
+//! The engine snapshots every 300 events, so kills land during snapshot
+//! writes and log trims too, and restarts load snapshots.
+//!
 //! 20 kills by default; `LANES_CRASH_KILLS=200` for a soak. The seed is
 //! printed; `LANES_CRASH_SEED=<seed>` replays the same schedule of kills.
 
@@ -55,7 +58,7 @@ fn start(binary: &Path, data: &Path) -> Engine {
             "--listen",
             "127.0.0.1:0",
             "--snapshot-every",
-            "0",
+            "300",
             "--lease-ms",
             "2000",
             "--data",
@@ -261,6 +264,12 @@ async fn acknowledged_submissions_survive_sigkill() {
         "a clean stop exits 0"
     );
     let digest = digest.expect("the engine reported its digest");
+    assert!(
+        !verify::snapshots(data.path())
+            .expect("the snapshots list")
+            .is_empty(),
+        "the run took snapshots"
+    );
     // A fresh replay of the same log gives the same state.
     let mut store = SledStore::open(data.path()).expect("the log opens");
     let (replayed, _) = recover(
