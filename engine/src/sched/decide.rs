@@ -316,7 +316,7 @@ impl Scheduler {
                 Some(&(at, _)) => at,
                 None => new_keys[excess - 1 - self.forgotten_keys.len()],
             };
-            keys_until = keys_until.max(last_dropped + 1);
+            keys_until = keys_until.max(last_dropped.saturating_add(1));
         }
         let keys_due = self
             .forgotten_keys
