@@ -18,7 +18,7 @@
 //! durability; records are written in the order events were applied.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -276,6 +276,8 @@ pub struct Batch {
     /// when metrics are recorded): for the dispatch latency.
     started: Instant,
     dispatches: u64,
+    /// Bytes of records this batch appended to the log.
+    appended_bytes: u64,
 }
 
 pub struct Driver {
@@ -312,7 +314,17 @@ impl Driver {
             // At most one request waits; a trigger refused meanwhile is
             // tried again after the next durable batch.
             let (trigger, triggered) = sync_channel::<Seq>(1);
-            stage.snapshot_every(trigger, policy.every_events, scheduler.last_seq());
+            let newest = crate::log::snapshot::list(&policy.data)
+                .ok()
+                .and_then(|list| list.first().and_then(|(_, path)| path.metadata().ok()))
+                .map_or(0, |metadata| metadata.len());
+            let snapshot_bytes = Arc::new(AtomicU64::new(newest));
+            stage.snapshot_every(
+                trigger,
+                policy.every_events,
+                snapshot_bytes.clone(),
+                scheduler.last_seq(),
+            );
             let mut reader = store.reader();
             snapshotter = Some(
                 std::thread::Builder::new()
@@ -321,7 +333,9 @@ impl Driver {
                         while let Ok(upto) = triggered.recv() {
                             let started = Instant::now();
                             match take_snapshot(&policy.data, reader.as_mut(), upto, policy.scheduler.clone()) {
-                                Ok(taken) => tracing::info!(
+                                Ok(taken) => {
+                                    snapshot_bytes.store(taken.bytes, Ordering::Relaxed);
+                                    tracing::info!(
                                     seq = taken.seq,
                                     elapsed_ms = started.elapsed().as_millis() as u64,
                                     events = taken.events,
@@ -329,8 +343,10 @@ impl Driver {
                                     replay_ms = taken.replay_ms,
                                     write_ms = taken.write_ms,
                                     trim_ms = taken.trim_ms,
+                                    bytes = taken.bytes,
                                     "snapshot written, earlier records trimmed"
-                                ),
+                                    )
+                                }
                                 Err(error) => tracing::warn!(%error, "snapshot failed; the log keeps its records"),
                             }
                         }
@@ -656,6 +672,7 @@ impl BatchWriter {
             deliveries: Vec::new(),
             started: Instant::now(),
             dispatches: 0,
+            appended_bytes: 0,
         };
         for request in requests {
             match request {
@@ -686,6 +703,7 @@ impl BatchWriter {
         if let Some(metrics) = &mut self.metrics {
             batch.dispatches = metrics.record_batch(&self.scheduler, &batch.events, appended_bytes);
         }
+        batch.appended_bytes = appended_bytes;
         Ok(batch)
     }
 
@@ -730,7 +748,20 @@ struct SnapshotTrigger {
     trigger: SyncSender<Seq>,
     every_events: u64,
     last: Seq,
+    /// Log bytes made durable since the last trigger.
+    bytes_since: u64,
+    /// The size of the newest snapshot file, kept by the snapshotter.
+    snapshot_bytes: Arc<AtomicU64>,
 }
+
+/// A snapshot also waits until the log has grown by this many times the
+/// newest snapshot's size since it: a snapshot costs in proportion to the
+/// state (writing it, and loading it for the next), so a big state (a
+/// backlog of millions of waiting jobs) is snapshotted less often and the
+/// snapshotter's share of the CPU stays bounded, while start-up still
+/// replays at most about one snapshot's worth of log (Redis rewrites its
+/// append-only file on the same kind of rule).
+pub const SNAPSHOT_LOG_GROWTH: u64 = 1;
 
 impl BatchSyncer {
     pub fn new(
@@ -759,24 +790,38 @@ impl BatchSyncer {
     }
 
     /// Asks for a snapshot (through `trigger`) each time `every_events`
-    /// more events are durable; `from` is the sequence the engine started at.
-    pub fn snapshot_every(&mut self, trigger: SyncSender<Seq>, every_events: u64, from: Seq) {
+    /// more events are durable and the log has grown by
+    /// [`SNAPSHOT_LOG_GROWTH`] times `snapshot_bytes` (the newest
+    /// snapshot's size, which the snapshotter updates); `from` is the
+    /// sequence the engine started at.
+    pub fn snapshot_every(
+        &mut self,
+        trigger: SyncSender<Seq>,
+        every_events: u64,
+        snapshot_bytes: Arc<AtomicU64>,
+        from: Seq,
+    ) {
         self.written_seq = from;
         self.durable_seq = from;
         self.snapshots = Some(SnapshotTrigger {
             trigger,
             every_events: every_events.max(1),
             last: from,
+            bytes_since: 0,
+            snapshot_bytes,
         });
     }
 
     fn on_durable(&mut self) {
         self.durable_seq = self.written_seq;
         if let Some(snapshots) = &mut self.snapshots {
+            let grown = snapshots.snapshot_bytes.load(Ordering::Relaxed) * SNAPSHOT_LOG_GROWTH;
             if self.durable_seq >= snapshots.last + snapshots.every_events
+                && snapshots.bytes_since >= grown
                 && snapshots.trigger.try_send(self.durable_seq).is_ok()
             {
                 snapshots.last = self.durable_seq;
+                snapshots.bytes_since = 0;
             }
         }
     }
@@ -799,6 +844,9 @@ impl BatchSyncer {
         self.unsynced |= batches.iter().any(|batch| !batch.events.is_empty());
         if let Some(last) = batches.iter().rev().find_map(|batch| batch.events.last()) {
             self.written_seq = last.seq;
+        }
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots.bytes_since += batches.iter().map(|b| b.appended_bytes).sum::<u64>();
         }
         let sync_now = match self.durability {
             Durability::Sync => self.unsynced,
@@ -856,7 +904,7 @@ impl BatchSyncer {
 mod tests {
     use super::*;
     use crate::log::{LogReader, MemoryStore};
-    use crate::model::{JobSpec, RunSpec};
+    use crate::model::{JobSpec, QueueConfig, RunSpec};
 
     /// A batch whose events would make a record over the byte bound is
     /// written as several records, each within it (or of one event), in
@@ -908,5 +956,50 @@ mod tests {
             .unwrap();
         assert_eq!(seqs, (1..=10).collect::<Vec<Seq>>());
         assert!(records >= 5, "{records} records");
+    }
+
+    /// A snapshot is asked for once `every_events` events are durable and
+    /// the log has grown by the newest snapshot's size since the last one.
+    #[test]
+    fn snapshots_wait_for_the_log_to_outgrow_the_last_snapshot() {
+        let mut store = MemoryStore::new();
+        let mut writer = BatchWriter::new(
+            Scheduler::new(SchedulerConfig::default()),
+            Box::new(store.clone()),
+            16_384,
+        );
+        let mut syncer = BatchSyncer::new(store.syncer(), Durability::Sync, Box::new(()));
+        let (trigger, triggered) = sync_channel::<Seq>(8);
+        let snapshot_bytes = Arc::new(AtomicU64::new(0));
+        syncer.snapshot_every(trigger, 10, snapshot_bytes.clone(), 0);
+        let mut queues = 0;
+        // One event each, all of the same size.
+        let mut new_queue = || {
+            queues += 1;
+            let (reply, _answer) = oneshot::channel();
+            let command = Command::PutQueue(QueueConfig::new(&format!("queue-{queues:04}")));
+            let request = Request::Command { command, reply };
+            let batch = writer.write_batch(std::iter::once(request), 1_000).unwrap();
+            let bytes = batch.appended_bytes;
+            syncer.complete(vec![batch]).unwrap();
+            bytes
+        };
+        for _ in 0..9 {
+            new_queue();
+        }
+        assert_eq!(triggered.try_recv().ok(), None);
+        let one = new_queue();
+        assert_eq!(triggered.try_recv().ok(), Some(10));
+        // The snapshot was 20 events' worth of log: 10 events are no longer
+        // enough.
+        snapshot_bytes.store(20 * one, Ordering::Relaxed);
+        for _ in 0..19 {
+            new_queue();
+        }
+        assert_eq!(triggered.try_recv().ok(), None);
+        for _ in 0..3 {
+            new_queue();
+        }
+        assert_eq!(triggered.try_recv().ok().map(|seq| seq >= 30), Some(true));
     }
 }

@@ -239,6 +239,8 @@ pub struct SnapshotTaken {
     pub replay_ms: u64,
     pub write_ms: u64,
     pub trim_ms: u64,
+    /// The snapshot file's size.
+    pub bytes: u64,
 }
 
 pub fn take_snapshot(
@@ -302,7 +304,8 @@ pub fn take_snapshot(
     let seq = scheduler.last_seq();
     let replay_ms = ms(replay_started);
     let write_started = std::time::Instant::now();
-    snapshot::write(data, scheduler.image())?;
+    let path = snapshot::write(data, scheduler.image())?;
+    let bytes = path.metadata().map_or(0, |metadata| metadata.len());
     let write_ms = ms(write_started);
     let trim_started = std::time::Instant::now();
     reader.remove_before(seq + 1)?;
@@ -313,5 +316,6 @@ pub fn take_snapshot(
         replay_ms,
         write_ms,
         trim_ms: ms(trim_started),
+        bytes,
     })
 }

@@ -348,17 +348,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         apply_rules(&driver, &rules).await?;
     }
     let triggers = triggers::spawn(driver.clone(), system_clock(), rules.triggers);
+    // Handlers first: a supervisor may signal as soon as it hears READY,
+    // and a SIGTERM before its handler would kill the process uncleanly.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut drain = signal(SignalKind::user_defined1())?;
+    let mut undrain = signal(SignalKind::user_defined2())?;
     eprintln!(
         "lanes: serving on {} (data in {})",
         running.address(),
         data.display()
     );
     systemd_notify(sd_notify::NotifyState::Ready);
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut drain = signal(SignalKind::user_defined1())?;
-    let mut undrain = signal(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -386,8 +388,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies the file's queues and tag limits, each as the command an admin
-/// would send, so each change is in the log. Unchanged ones record nothing.
 /// The retention: flags, then the file, then the defaults.
 fn retention(args: &ServeArgs, file: &Config) -> Retention {
     let defaults = Retention::default();
@@ -408,6 +408,8 @@ fn retention(args: &ServeArgs, file: &Config) -> Retention {
     }
 }
 
+/// Applies the file's queues and tag limits, each as the command an admin
+/// would send, so each change is in the log. Unchanged ones record nothing.
 async fn apply_rules(driver: &DriverHandle, rules: &Rules) -> anyhow::Result<()> {
     let mut commands: Vec<Command> = rules
         .queues
