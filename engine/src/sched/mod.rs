@@ -278,23 +278,13 @@ impl Scheduler {
 
     /// The job, or why there is none: never handed out, or forgotten.
     fn find_job(&self, id: JobId) -> Result<&tables::Job, Rejection> {
-        self.jobs.get(id).ok_or_else(|| {
-            if self.jobs.was_removed(id) {
-                Rejection::ForgottenJob(id)
-            } else {
-                Rejection::UnknownJob(id)
-            }
-        })
+        self.jobs
+            .find(id, Rejection::UnknownJob, Rejection::ForgottenJob)
     }
 
     fn find_run(&self, id: RunId) -> Result<&tables::Run, Rejection> {
-        self.runs.get(id).ok_or_else(|| {
-            if self.runs.was_removed(id) {
-                Rejection::ForgottenRun(id)
-            } else {
-                Rejection::UnknownRun(id)
-            }
-        })
+        self.runs
+            .find(id, Rejection::UnknownRun, Rejection::ForgottenRun)
     }
 
     /// The id the next job will have: every id before it was handed out

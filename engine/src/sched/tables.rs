@@ -324,6 +324,21 @@ impl<Id: DenseId, T> Table<Id, T> {
         self.get(id).is_some()
     }
 
+    /// The record of `id`, or the error for an id never handed out
+    /// (`unknown`) or one whose record was removed (`removed`).
+    pub(crate) fn find<E>(
+        &self,
+        id: Id,
+        unknown: impl FnOnce(Id) -> E,
+        removed: impl FnOnce(Id) -> E,
+    ) -> Result<&T, E> {
+        match self.get(id) {
+            Some(record) => Ok(record),
+            None if self.was_removed(id) => Err(removed(id)),
+            None => Err(unknown(id)),
+        }
+    }
+
     /// Whether `id` was handed out and its record removed since.
     pub(crate) fn was_removed(&self, id: Id) -> bool {
         id.to_u64() >= 1 && id.to_u64() < self.next && !self.contains(id)
