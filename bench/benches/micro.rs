@@ -31,7 +31,9 @@ use lanes::log::format;
 use lanes::log::{LogReader, LogStore, MemoryStore, SledStore, StoreError, Syncer};
 use lanes::model::{AgentId, JobId, JobSpec, Report, RunSpec, Seq, TimeMs, DEFAULT_POOL};
 use lanes::replay::{replay, ReplayOptions};
-use lanes::sched::{Command, Event, EventKind, Reply, Scheduler, SchedulerConfig};
+use lanes::sched::{
+    Command, Event, EventKind, Reply, Retention, Scheduler, SchedulerConfig, FORGET_JOBS_MAX,
+};
 use lanes_bench::{CoreBench, CoreConfig};
 use mimalloc::MiMalloc;
 
@@ -218,6 +220,56 @@ fn sched_submit(c: &mut Criterion) {
             });
         });
     }
+    group.finish();
+}
+
+/// One `Forget` of the most a command removes (`FORGET_JOBS_MAX` jobs, in
+/// finished one-job runs): the longest the writer spends on forgetting at
+/// once. The state is built untimed for every sample.
+fn sched_forget(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sched/forget");
+    let runs = FORGET_JOBS_MAX as u64;
+    group.throughput(Throughput::Elements(runs));
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::new("jobs", runs), |b| {
+        b.iter_batched(
+            || {
+                let (mut scheduler, first) = {
+                    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+                    let mut events = Vec::new();
+                    let mut first = None;
+                    for _ in 0..runs {
+                        let reply =
+                            handle(&mut scheduler, Command::SubmitRun(run_spec(1)), &mut events);
+                        if let Reply::Submitted { first_job, .. } = reply {
+                            first.get_or_insert(first_job);
+                        }
+                    }
+                    (scheduler, first.expect("a job"))
+                };
+                let mut events = Vec::new();
+                for job in first.0..first.0 + runs {
+                    handle(
+                        &mut scheduler,
+                        Command::CancelJob { job: JobId(job) },
+                        &mut events,
+                    );
+                }
+                (scheduler, events)
+            },
+            |(mut scheduler, mut events)| {
+                let retention = Retention {
+                    finished_ms: 0,
+                    finished_jobs: 0,
+                    keys: 0,
+                };
+                let reply = handle(&mut scheduler, Command::Forget(retention), &mut events);
+                assert!(matches!(reply, Reply::Forgot { more: false, .. }));
+                scheduler
+            },
+            BatchSize::PerIteration,
+        );
+    });
     group.finish();
 }
 
@@ -586,7 +638,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = sched;
     config = config();
-    targets = sched_submit, sched_pair, sched_state
+    targets = sched_submit, sched_pair, sched_state, sched_forget
 }
 criterion_group! {
     name = log;
