@@ -325,32 +325,11 @@ impl Driver {
                 snapshot_bytes.clone(),
                 scheduler.last_seq(),
             );
-            let mut reader = store.reader();
+            let reader = store.reader();
             snapshotter = Some(
                 std::thread::Builder::new()
                     .name("lanes-snapshotter".into())
-                    .spawn(move || {
-                        while let Ok(upto) = triggered.recv() {
-                            let started = Instant::now();
-                            match take_snapshot(&policy.data, reader.as_mut(), upto, policy.scheduler.clone()) {
-                                Ok(taken) => {
-                                    snapshot_bytes.store(taken.bytes, Ordering::Relaxed);
-                                    tracing::info!(
-                                    seq = taken.seq,
-                                    elapsed_ms = started.elapsed().as_millis() as u64,
-                                    events = taken.events,
-                                    load_ms = taken.load_ms,
-                                    replay_ms = taken.replay_ms,
-                                    write_ms = taken.write_ms,
-                                    trim_ms = taken.trim_ms,
-                                    bytes = taken.bytes,
-                                    "snapshot written, earlier records trimmed"
-                                    )
-                                }
-                                Err(error) => tracing::warn!(%error, "snapshot failed; the log keeps its records"),
-                            }
-                        }
-                    })
+                    .spawn(move || run_snapshotter(policy, reader, triggered, snapshot_bytes))
                     .expect("spawning the snapshotter thread"),
             );
         }
@@ -420,6 +399,41 @@ impl Driver {
         let scheduler = scheduler?;
         synced?;
         Ok(scheduler)
+    }
+}
+
+/// The snapshotter thread: takes a snapshot for each sequence it is
+/// offered, and publishes each file's size for the next trigger.
+fn run_snapshotter(
+    policy: SnapshotPolicy,
+    mut reader: Box<dyn crate::log::LogReader>,
+    triggered: Receiver<Seq>,
+    snapshot_bytes: Arc<AtomicU64>,
+) {
+    while let Ok(upto) = triggered.recv() {
+        let started = Instant::now();
+        match take_snapshot(
+            &policy.data,
+            reader.as_mut(),
+            upto,
+            policy.scheduler.clone(),
+        ) {
+            Ok(taken) => {
+                snapshot_bytes.store(taken.bytes, Ordering::Relaxed);
+                tracing::info!(
+                    seq = taken.seq,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    events = taken.events,
+                    load_ms = taken.load_ms,
+                    replay_ms = taken.replay_ms,
+                    write_ms = taken.write_ms,
+                    trim_ms = taken.trim_ms,
+                    bytes = taken.bytes,
+                    "snapshot written, earlier records trimmed"
+                )
+            }
+            Err(error) => tracing::warn!(%error, "snapshot failed; the log keeps its records"),
+        }
     }
 }
 
@@ -815,7 +829,10 @@ impl BatchSyncer {
     fn on_durable(&mut self) {
         self.durable_seq = self.written_seq;
         if let Some(snapshots) = &mut self.snapshots {
-            let grown = snapshots.snapshot_bytes.load(Ordering::Relaxed) * SNAPSHOT_LOG_GROWTH;
+            let grown = snapshots
+                .snapshot_bytes
+                .load(Ordering::Relaxed)
+                .saturating_mul(SNAPSHOT_LOG_GROWTH);
             if self.durable_seq >= snapshots.last + snapshots.every_events
                 && snapshots.bytes_since >= grown
                 && snapshots.trigger.try_send(self.durable_seq).is_ok()

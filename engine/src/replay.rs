@@ -225,10 +225,6 @@ pub fn recover(
     Ok((scheduler, report))
 }
 
-/// Builds a snapshot at `upto` (a durable sequence) off the dispatch path:
-/// the newest snapshot, plus the log's records up to `upto`, through the
-/// same apply. Writes it, then trims the records it covers. Returns the
-/// sequence of the new snapshot.
 /// What a snapshot covered and where its time went, for the log line.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotTaken {
@@ -243,6 +239,9 @@ pub struct SnapshotTaken {
     pub bytes: u64,
 }
 
+/// Builds a snapshot at `upto` (a durable sequence) off the dispatch path:
+/// the newest snapshot, plus the log's records up to `upto`, through the
+/// same apply. Writes it, then trims the records it covers.
 pub fn take_snapshot(
     data: &std::path::Path,
     reader: &mut dyn crate::log::LogReader,

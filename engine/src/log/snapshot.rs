@@ -449,18 +449,17 @@ pub fn encode(image: &Image) -> Vec<u8> {
 /// The header and the archived payload of an image, apart: the payload of
 /// a large state is hundreds of megabytes, and the file takes the two
 /// without joining them.
-fn encode_parts(image: Image) -> ([u8; HEADER_LEN], rkyv::util::AlignedVec) {
+fn encode_parts(mut image: Image) -> ([u8; HEADER_LEN], rkyv::util::AlignedVec) {
     let last_seq = image.last_seq;
     let next_job = image.next_job;
     let job_spans = job_spans(&image.jobs);
-    let triggers = image.triggers.clone();
+    let triggers = std::mem::take(&mut image.triggers);
     let draining = image.draining;
-    let forgotten_keys = image
-        .forgotten_keys
-        .iter()
+    let forgotten_keys = std::mem::take(&mut image.forgotten_keys)
+        .into_iter()
         .map(|k| ForgottenKeySnapshot {
             finished_at: k.finished_at,
-            key: k.key.clone(),
+            key: k.key,
             run: k.run.0,
             hash: k.hash,
             first_job: k.first_job.0,
@@ -742,7 +741,8 @@ mod tests {
             }
             now += 10;
         }
-        // Forget runs 1 and 3 (and 4): the cap on finished jobs, early.
+        // Forget runs 1, 3 and 4 (the cap on finished jobs, before their
+        // time) and keep only the 2 newest keys: those of 3 and 4.
         let retention = crate::sched::Retention {
             finished_ms: 1_000,
             finished_jobs: 0,

@@ -390,22 +390,20 @@ impl Scheduler {
         scheduler.jobs.skip_to(JobId(image.next_job));
         let mut finished = Vec::new();
         for (id, run) in scheduler.runs.iter_ids() {
-            let mut last_finish = None;
+            // A finished run finished when its last job did.
+            let (mut last_finish, mut all_finished) = (0, true);
             for &job in &run.jobs {
                 match scheduler.jobs.get(job).map(|job| job.state) {
                     None => return bad("a run lists a job that does not exist".into()),
-                    Some(JobState::Finished { at, .. }) => {
-                        last_finish = Some(last_finish.map_or(at, |last: TimeMs| last.max(at)))
-                    }
-                    Some(_) => last_finish = Some(TimeMs::MAX),
+                    Some(JobState::Finished { at, .. }) => last_finish = last_finish.max(at),
+                    Some(_) => all_finished = false,
                 }
             }
-            // A finished run finished when its last job did.
             if run.unfinished == 0 {
-                match last_finish {
-                    Some(at) if at != TimeMs::MAX => finished.push((at, id)),
-                    _ => return bad(format!("{id} is finished with a job unfinished")),
+                if !all_finished {
+                    return bad(format!("{id} is finished with a job unfinished"));
                 }
+                finished.push((last_finish, id));
             }
         }
         for &(at, run) in &finished {

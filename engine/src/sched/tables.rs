@@ -236,6 +236,9 @@ impl<Id: DenseId, T> Table<Id, T> {
             });
         }
         let chunk = self.chunks.back_mut().expect("a chunk with room");
+        // A chunk `skip_to` made has no room yet: take it whole, so it is
+        // never regrown (and copied) record by record.
+        chunk.slots.reserve_exact(CHUNK - chunk.slots.len());
         // Ids skipped by `skip_to` in this chunk hold no record.
         chunk.slots.resize_with(slot % CHUNK, || None);
         chunk.slots.push(Some(record));

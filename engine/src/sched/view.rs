@@ -8,7 +8,7 @@ use crate::model::{
 };
 use crate::sched::index::CapacityKind;
 use crate::sched::rejection::Rejection;
-use crate::sched::tables::{Job, JobState};
+use crate::sched::tables::{Job, JobState, Run};
 use crate::sched::Scheduler;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,8 +200,7 @@ impl Scheduler {
 
     /// The run, or why there is none (never submitted, or forgotten).
     pub fn run_checked(&self, id: RunId) -> Result<RunView<'_>, Rejection> {
-        self.find_run(id)?;
-        Ok(self.run(id).expect("a run just found"))
+        self.find_run(id).map(|run| self.run_view(id, run))
     }
 
     /// Every job the scheduler holds, in id order.
@@ -233,8 +232,11 @@ impl Scheduler {
     }
 
     pub fn run(&self, id: RunId) -> Option<RunView<'_>> {
-        let run = self.runs.get(id)?;
-        Some(RunView {
+        self.runs.get(id).map(|run| self.run_view(id, run))
+    }
+
+    fn run_view<'a>(&'a self, id: RunId, run: &'a Run) -> RunView<'a> {
+        RunView {
             id,
             queue: &self.queues[run.queue as usize].config.name,
             priority: run.priority,
@@ -244,7 +246,7 @@ impl Scheduler {
             unfinished: run.unfinished,
             active: run.active,
             failed: run.failed_stage.is_some(),
-        })
+        }
     }
 
     /// Every queue, in order of creation (`default` first).
