@@ -3,7 +3,9 @@
 //! without them each test says so and passes, since the default suite must
 //! not need them. Every job submitted must be taken and completed.
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,13 +15,34 @@ use lanes_loadgen::peers::{self, PeerKind, PeerTarget};
 use lanes_loadgen::run::RunConfig;
 use lanes_loadgen::workload::{JobDuration, Mode, Workload};
 
-/// A server process, killed when dropped.
-struct Server(Child);
+/// A server process with its own folder (its output goes to `output.log`
+/// there), killed when dropped.
+struct Server {
+    child: Child,
+    folder: tempfile::TempDir,
+}
+
+impl Server {
+    fn log_path(&self) -> PathBuf {
+        self.folder.path().join("output.log")
+    }
+
+    /// What a failed test prints: is the server still up, and what it said.
+    fn describe(&mut self) -> String {
+        let state = match self.child.try_wait() {
+            Ok(None) => "still running".to_string(),
+            Ok(Some(status)) => format!("exited: {status}"),
+            Err(error) => format!("state unknown: {error}"),
+        };
+        let output = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        format!("server {state}; its output:\n{output}")
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -30,43 +53,87 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `program` with the arguments for a free port and returns it with
-/// that port once it listens. A port is free only until someone binds it
-/// (the other test may pick the same one at the same moment), so a server
-/// that exits instead of listening is started again on another port.
-fn start(program: &str, arguments: impl Fn(u16) -> Vec<String>) -> Option<(Server, u16)> {
+/// The process id of the server listening on `port`, asked over its own
+/// protocol (Redis `INFO server`, beanstalkd `stats`), or None if what
+/// answers does not say.
+fn listener_pid(kind: PeerKind, port: u16) -> Option<u32> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let (request, field): (&[u8], &str) = match kind {
+        PeerKind::Redis => (b"INFO server\r\n", "process_id:"),
+        PeerKind::Beanstalkd => (b"stats\r\n", "pid: "),
+    };
+    stream.write_all(request).ok()?;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while answer.len() < 64 << 10 {
+        let read = stream.read(&mut buffer).ok()?;
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some(at) = text.find(field) {
+            let rest = &text[at + field.len()..];
+            if let Some(end) = rest.find(['\r', '\n']) {
+                return rest[..end].trim().parse().ok();
+            }
+        }
+    }
+    None
+}
+
+/// Starts `program` with the arguments for a free port and folder and
+/// returns it with that port once it listens there. A port is free only
+/// until someone binds it (another test, or any process on the machine,
+/// may take it first), so the server answering must report our child's
+/// process id; otherwise ours is stopped and started again on another port.
+fn start(
+    program: &str,
+    kind: PeerKind,
+    arguments: impl Fn(u16, &str) -> Vec<String>,
+) -> Option<(Server, u16)> {
     for _ in 0..5 {
         let port = free_port();
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let log = std::fs::File::create(folder.path().join("output.log")).expect("a log file");
+        let dir = folder.path().to_str().expect("a UTF-8 path").to_string();
         let child = Command::new(program)
-            .args(arguments(port))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(arguments(port, &dir))
+            .stdout(Stdio::from(log.try_clone().expect("a log file")))
+            .stderr(Stdio::from(log))
             .spawn();
         let Ok(child) = child else {
             eprintln!("{program} is not installed: skipped (bench/compare.sh installs it)");
             return None;
         };
-        let mut server = Server(child);
+        let mut server = Server { child, folder };
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Ok(Some(_)) = server.0.try_wait() {
+            if let Ok(Some(_)) = server.child.try_wait() {
+                eprintln!("{program} exited on port {port}: {}", server.describe());
                 break;
             }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                // Ours, not another process that took the port first.
-                if let Ok(None) = server.0.try_wait() {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let pid = listener_pid(kind, port);
+                if pid == Some(server.child.id()) {
                     return Some((server, port));
                 }
+                eprintln!(
+                    "port {port} answered for process {pid:?}, not our {program} ({}): another port",
+                    server.child.id()
+                );
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{program} did not listen on {port}"
+                "{program} did not listen on {port}: {}",
+                server.describe()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    panic!("{program} exited five times instead of listening");
+    panic!("{program} did not start on any of five ports");
 }
 
 fn config() -> RunConfig {
@@ -98,12 +165,15 @@ fn config() -> RunConfig {
     }
 }
 
-async fn check(kind: PeerKind, port: u16) {
+async fn check(kind: PeerKind, server: &mut Server, port: u16) {
     let target = PeerTarget {
         kind,
         address: format!("127.0.0.1:{port}"),
     };
-    let result = peers::run(&config(), &target).await.expect("the run");
+    let result = match peers::run(&config(), &target).await {
+        Ok(result) => result,
+        Err(error) => panic!("the run: {error:#}\n{}", server.describe()),
+    };
     let c = &result.shared.counters;
     let sent = Counters::get(&c.sent);
     assert!(sent > 0);
@@ -115,24 +185,20 @@ async fn check(kind: PeerKind, port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beanstalkd_takes_and_completes_every_job() {
-    let Some((_server, port)) = start("beanstalkd", |port| {
-        vec![
-            "-l".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ]
+    let Some((mut server, port)) = start("beanstalkd", PeerKind::Beanstalkd, |port, _| {
+        ["-l", "127.0.0.1", "-p", &port.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }) else {
         return;
     };
-    check(PeerKind::Beanstalkd, port).await;
+    check(PeerKind::Beanstalkd, &mut server, port).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_takes_and_completes_every_job() {
-    let folder = tempfile::tempdir().expect("a temporary folder");
-    let dir = folder.path().to_str().expect("a UTF-8 path").to_string();
-    let Some((_server, port)) = start("redis-server", |port| {
+    let Some((mut server, port)) = start("redis-server", PeerKind::Redis, |port, dir| {
         [
             "--port",
             &port.to_string(),
@@ -143,7 +209,7 @@ async fn redis_takes_and_completes_every_job() {
             "--appendonly",
             "no",
             "--dir",
-            &dir,
+            dir,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -151,5 +217,5 @@ async fn redis_takes_and_completes_every_job() {
     }) else {
         return;
     };
-    check(PeerKind::Redis, port).await;
+    check(PeerKind::Redis, &mut server, port).await;
 }
