@@ -778,6 +778,10 @@ enum Sink {
     /// The physical reference: the pre-encoded record bytes appended to a
     /// file with `write_all`, then `sync_data`.
     RawSync,
+    /// As `RawSync`, with the records as they would be uncompressed
+    /// (`format::encode_plain`): what the bytes compression saves are worth
+    /// to the raw file.
+    RawSyncPlain,
     /// As `RawSync` without the sync.
     RawNone,
     /// sled opened directly, as `SledStore` opens it: encode, insert, then
@@ -791,9 +795,10 @@ enum Sink {
 }
 
 impl Sink {
-    const ALL: [Sink; 6] = [
+    const ALL: [Sink; 7] = [
         Sink::Encode,
         Sink::RawSync,
+        Sink::RawSyncPlain,
         Sink::RawNone,
         Sink::SledFlush,
         Sink::LanesSync,
@@ -804,6 +809,7 @@ impl Sink {
         match self {
             Sink::Encode => "encode only",
             Sink::RawSync => "raw file, sync",
+            Sink::RawSyncPlain => "raw file, sync, uncompressed",
             Sink::RawNone => "raw file, none",
             Sink::SledFlush => "sled flush only",
             Sink::LanesSync => "Lanes, sync",
@@ -849,7 +855,7 @@ impl Target {
         };
         Ok(match sink {
             Sink::Encode => Target::Encode,
-            Sink::RawSync => raw(true)?,
+            Sink::RawSync | Sink::RawSyncPlain => raw(true)?,
             Sink::RawNone => raw(false)?,
             Sink::LanesSync => lanes(true)?,
             Sink::LanesNone => lanes(false)?,
@@ -962,6 +968,18 @@ impl Template {
             batches: vec![Vec::new()],
             encoded: vec![(0..bytes.max(1)).map(|i| (i * 131 % 251) as u8).collect()],
             events_per_batch,
+        }
+    }
+
+    /// The same batches, the raw file fed them uncompressed.
+    fn plain(&self) -> Template {
+        Template {
+            encoded: self
+                .batches
+                .iter()
+                .map(|b| format::encode_plain(b))
+                .collect(),
+            ..self.clone()
         }
     }
 
@@ -1101,9 +1119,11 @@ fn section_append(options: &Options) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &batch in &options.batches {
         let template = Template::new(&events, batch);
+        let plain = template.plain();
         println!(
-            "\n-- {batch} events per record ({:.1} record bytes per event; load {}) --",
+            "\n-- {batch} events per record ({:.1} record bytes per event, {:.1} uncompressed; load {}) --",
             template.bytes_per_event(),
+            plain.bytes_per_event(),
             load_average()
         );
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); Sink::ALL.len()];
@@ -1111,7 +1131,13 @@ fn section_append(options: &Options) -> anyhow::Result<()> {
         for run in 0..options.runs {
             let mut lanes = Sink::ALL
                 .iter()
-                .map(|&sink| Lane::open(sink, template.clone(), &options.dir))
+                .map(|&sink| {
+                    let template = match sink {
+                        Sink::RawSyncPlain => plain.clone(),
+                        _ => template.clone(),
+                    };
+                    Lane::open(sink, template, &options.dir)
+                })
                 .collect::<anyhow::Result<Vec<Lane>>>()?;
             // Rotate the order so no sink always runs first or last.
             run_lanes(&mut lanes, duration, run)?;
@@ -1143,19 +1169,22 @@ fn section_append(options: &Options) -> anyhow::Result<()> {
         median(&ratios)
     };
     println!(
-        "\n| events/record | raw, sync | Lanes, sync | Lanes/raw (sync) | sled flush only \
+        "\n| events/record | raw, sync | Lanes, sync | Lanes/raw (sync) | raw, sync, uncompressed \
+         | Lanes/raw uncompressed | sled flush only \
          | Lanes/sled flush | raw, none | Lanes, none | Lanes/raw (none) | encode only |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut sync_ratio_worst = f64::INFINITY;
     for (batch, rates, _, _) in &rows {
         let rate = |sink| grouped(median(&rates[index(sink)]));
         let sync_ratio = ratio_median(rates, Sink::LanesSync, Sink::RawSync);
         sync_ratio_worst = sync_ratio_worst.min(sync_ratio);
         println!(
-            "| {batch} | {} | {} | {sync_ratio:.2} | {} | {:.2} | {} | {} | {:.2} | {} |",
+            "| {batch} | {} | {} | {sync_ratio:.2} | {} | {:.2} | {} | {:.2} | {} | {} | {:.2} | {} |",
             rate(Sink::RawSync),
             rate(Sink::LanesSync),
+            rate(Sink::RawSyncPlain),
+            ratio_median(rates, Sink::LanesSync, Sink::RawSyncPlain),
             rate(Sink::SledFlush),
             ratio_median(rates, Sink::LanesSync, Sink::SledFlush),
             rate(Sink::RawNone),
@@ -1176,6 +1205,7 @@ fn section_append(options: &Options) -> anyhow::Result<()> {
     for (batch, _, last, encoded) in &rows {
         for sink in [
             Sink::RawSync,
+            Sink::RawSyncPlain,
             Sink::LanesSync,
             Sink::RawNone,
             Sink::LanesNone,

@@ -34,6 +34,8 @@ pub enum ReplayError {
         found: u16,
         supported: u16,
     },
+    #[error("the log holds a record (sequence {seq}, format version {version}) with flags {flags:#06x} this build does not know, under a good checksum: it was written by another build of Lanes; start it with that build")]
+    UnknownFlags { seq: Seq, version: u16, flags: u16 },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,7 +64,7 @@ pub fn replay(
     let mut damage: Option<(Seq, DecodeError)> = None;
     let mut after_damage = 0u64;
     let mut gap: Option<(Seq, Seq)> = None;
-    let mut newer: Option<(Seq, u16)> = None;
+    let mut newer: Option<ReplayError> = None;
     store.scan(0, &mut |key, bytes| {
         if damage.is_some() || gap.is_some() {
             after_damage += 1;
@@ -71,7 +73,19 @@ pub fn replay(
         let (header, events) = match format::decode(bytes) {
             Ok(decoded) => decoded,
             Err(DecodeError::NewerVersion { found }) => {
-                newer = Some((key, found));
+                newer = Some(ReplayError::NewerVersion {
+                    seq: key,
+                    found,
+                    supported: format::FORMAT_VERSION,
+                });
+                return false;
+            }
+            Err(DecodeError::UnknownFlags { version, flags }) => {
+                newer = Some(ReplayError::UnknownFlags {
+                    seq: key,
+                    version,
+                    flags,
+                });
                 return false;
             }
             Err(error) => {
@@ -104,12 +118,8 @@ pub fn replay(
         report.events += events.len() as u64;
         true
     })?;
-    if let Some((seq, found)) = newer {
-        return Err(ReplayError::NewerVersion {
-            seq,
-            found,
-            supported: format::FORMAT_VERSION,
-        });
+    if let Some(error) = newer {
+        return Err(error);
     }
     if let Some((expected, found)) = gap {
         if !options.repair {

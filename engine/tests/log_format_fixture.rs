@@ -1,10 +1,13 @@
 //! Older record formats stay readable: `fixtures/format1-record.bin` was
 //! written by the format 1 build (commit aff1afa) from `every_kind()`, one
-//! event of every kind that format had. This build must read it back to
-//! the same events.
+//! event of every kind that format had; `fixtures/format2-record.bin` by
+//! the format 2 build (commit a9eec13) from `every_kind_2()`, the same plus
+//! the event format 2 added. This build must read both back to the same
+//! events.
 //!
 //! `LANES_WRITE_FIXTURE=<path>` writes the record this build makes instead
-//! (how the fixture was made, with the older build).
+//! (how the format 1 fixture was made, with the older build; the format 2
+//! one was written the same way from `every_kind_2()`).
 
 use lanes::log::format;
 use lanes::model::{
@@ -157,8 +160,8 @@ fn a_format_1_record_reads_back_to_the_same_events() {
     assert_eq!(decoded, events);
 }
 
-#[test]
-fn this_build_writes_the_current_format_and_reads_it_back() {
+/// Format 2's events: format 1's and `RunsForgotten`.
+fn every_kind_2() -> Vec<Event> {
     let mut events = every_kind();
     let next = events.len() as u64;
     events.push(Event {
@@ -169,8 +172,26 @@ fn this_build_writes_the_current_format_and_reads_it_back() {
             keys_until: 1_500,
         },
     });
+    events
+}
+
+#[test]
+fn a_format_2_record_reads_back_to_the_same_events() {
+    let bytes = include_bytes!("fixtures/format2-record.bin");
+    let (header, decoded) = format::decode(bytes).unwrap();
+    assert_eq!(header.version, 2);
+    assert_eq!(header.flags, 0);
+    assert_eq!(header.first_seq, 41);
+    assert_eq!(decoded, every_kind_2());
+}
+
+#[test]
+fn this_build_writes_the_current_format_and_reads_it_back() {
+    let events = every_kind_2();
     let bytes = format::encode(&events);
     let (header, decoded) = format::decode(&bytes).unwrap();
     assert_eq!(header.version, format::FORMAT_VERSION);
+    // Over a kilobyte of archive, with names repeated: compressed.
+    assert_eq!(header.flags, format::FLAG_LZ4);
     assert_eq!(decoded, events);
 }
