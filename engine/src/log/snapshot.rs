@@ -9,18 +9,23 @@
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `LNSS` |
 //! | 4 | 2 | format version (u16 LE), [`SNAPSHOT_VERSION`] |
-//! | 6 | 2 | reserved, 0 |
+//! | 6 | 2 | flags (u16 LE): bit 0 [`FLAG_LZ4`] (format 4); other bits 0 |
 //! | 8 | 8 | the sequence of the last event it includes (u64 LE) |
-//! | 16 | 8 | payload length (u64 LE) |
-//! | 24 | 4 | CRC32C of bytes 0..24 followed by the payload |
+//! | 16 | 8 | payload length as stored (u64 LE) |
+//! | 24 | 4 | CRC32C of bytes 0..24 followed by the payload as stored |
 //! | 28 | 4 | reserved, 0 |
-//! | 32 | n | payload: an rkyv archive of `SnapshotRecordV3` (format 3), `SnapshotRecordV2` (format 2, still read) or `SnapshotRecord` (format 1, still read) |
+//! | 32 | n | payload: an rkyv archive of `SnapshotRecordV3` (formats 3 and 4), `SnapshotRecordV2` (format 2, still read) or `SnapshotRecord` (format 1, still read); with [`FLAG_LZ4`], the archive's length (u64 LE) then the archive as an LZ4 frame |
+//!
+//! Format 4 compresses every snapshot: a state of a million jobs archives
+//! to ~110 MB and compresses about 7x, so the file written and fsynced
+//! while the engine runs (sharing the disk with the log's syncs) is a
+//! seventh of the size, and start-up reads a seventh of the bytes.
 //!
 //! Files are written to a temporary name, fsynced, renamed and the folder
 //! fsynced, so a crash leaves either the old set of snapshots or the new.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use rkyv::rancor;
@@ -37,8 +42,16 @@ pub const SNAPSHOT_MAGIC: [u8; 4] = *b"LNSS";
 /// 3: adds forgotten runs and jobs (ids with no record) and the keys
 /// remembered of forgotten runs around format 2's record. Formats 1 and 2
 /// are still read (nothing was forgotten: ids are dense).
-pub const SNAPSHOT_VERSION: u16 = 3;
+/// 4: the flags field and compressed payloads ([`FLAG_LZ4`]); the archive
+/// is format 3's. Format 3 and older files have flags 0.
+pub const SNAPSHOT_VERSION: u16 = 4;
 const HEADER_LEN: usize = 32;
+/// Flag: the payload is the archive's length, then the archive as one LZ4
+/// frame (independent blocks of 4 MiB, content size set).
+pub const FLAG_LZ4: u16 = 1;
+/// LZ4 expands nothing by more than 255 times: a longer declared archive
+/// is damage, refused before a buffer is allocated for it.
+const LZ4_RATIO_MAX: u64 = 255;
 /// Snapshots kept, the newest included: an older one remains in case the
 /// newest is damaged and the operator asks for repair.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -446,11 +459,31 @@ pub fn encode(image: &Image) -> Vec<u8> {
     [&header[..], &payload[..]].concat()
 }
 
-/// The header and the archived payload of an image, apart: the payload of
-/// a large state is hundreds of megabytes, and the file takes the two
-/// without joining them.
-fn encode_parts(mut image: Image) -> ([u8; HEADER_LEN], rkyv::util::AlignedVec) {
+/// The header and the compressed payload of an image, apart, so the file
+/// takes the two without joining them.
+fn encode_parts(image: Image) -> ([u8; HEADER_LEN], Vec<u8>) {
     let last_seq = image.last_seq;
+    let archive = archive(image);
+    let mut payload = Vec::with_capacity(8 + archive.len() / 4);
+    payload.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+    let frame = lz4_flex::frame::FrameInfo::new()
+        .block_size(lz4_flex::frame::BlockSize::Max4MB)
+        .content_size(Some(archive.len() as u64));
+    let mut encoder = lz4_flex::frame::FrameEncoder::with_frame_info(frame, payload);
+    encoder
+        .write_all(&archive)
+        .expect("compressing into memory cannot fail");
+    let payload = encoder
+        .finish()
+        .expect("compressing into memory cannot fail");
+    (
+        header(SNAPSHOT_VERSION, FLAG_LZ4, last_seq, &payload),
+        payload,
+    )
+}
+
+/// The rkyv archive of an image (format 3's record).
+fn archive(mut image: Image) -> rkyv::util::AlignedVec {
     let next_job = image.next_job;
     let job_spans = job_spans(&image.jobs);
     let triggers = std::mem::take(&mut image.triggers);
@@ -476,16 +509,15 @@ fn encode_parts(mut image: Image) -> ([u8; HEADER_LEN], rkyv::util::AlignedVec) 
         job_spans,
         forgotten_keys,
     };
-    let payload =
-        rkyv::to_bytes::<rancor::Error>(&record).expect("archiving a snapshot cannot fail");
-    (header(SNAPSHOT_VERSION, last_seq, &payload), payload)
+    rkyv::to_bytes::<rancor::Error>(&record).expect("archiving a snapshot cannot fail")
 }
 
 /// The header of a file holding `payload`, with its checksum.
-fn header(version: u16, last_seq: Seq, payload: &[u8]) -> [u8; HEADER_LEN] {
+fn header(version: u16, flags: u16, last_seq: Seq, payload: &[u8]) -> [u8; HEADER_LEN] {
     let mut bytes = [0u8; HEADER_LEN];
     bytes[0..4].copy_from_slice(&SNAPSHOT_MAGIC);
     bytes[4..6].copy_from_slice(&version.to_le_bytes());
+    bytes[6..8].copy_from_slice(&flags.to_le_bytes());
     bytes[8..16].copy_from_slice(&last_seq.to_le_bytes());
     bytes[16..24].copy_from_slice(&(payload.len() as u64).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), payload);
@@ -525,8 +557,20 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Image, SnapshotError> {
             "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
         )));
     }
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
+    let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
+    let known = if version >= 4 { FLAG_LZ4 } else { 0 };
+    if flags & !known != 0 {
+        return Err(damaged(format!(
+            "its header has flags {flags:#06x}, unknown to snapshot format {version}"
+        )));
+    }
+    let aligned = if flags & FLAG_LZ4 != 0 {
+        decompress(payload).map_err(damaged)?
+    } else {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        aligned
+    };
     let (v2, forgotten) = if version >= 3 {
         let record = rkyv::from_bytes::<SnapshotRecordV3, rancor::Error>(&aligned)
             .map_err(|e| damaged(e.to_string()))?;
@@ -582,6 +626,35 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Image, SnapshotError> {
         })
         .collect();
     Ok(image)
+}
+
+/// A compressed payload's archive, in an aligned buffer: its declared
+/// length, then an LZ4 frame that must hold exactly that many bytes.
+fn decompress(payload: &[u8]) -> Result<rkyv::util::AlignedVec<16>, String> {
+    let Some((length, frame)) = payload.split_first_chunk::<8>() else {
+        return Err("its compressed payload is shorter than its length".into());
+    };
+    let length = u64::from_le_bytes(*length);
+    if length > (frame.len() as u64).saturating_mul(LZ4_RATIO_MAX) {
+        return Err(format!(
+            "its compressed payload of {} bytes declares {length}, more than LZ4 can expand to",
+            frame.len()
+        ));
+    }
+    let length = usize::try_from(length)
+        .map_err(|_| format!("its archive of {length} bytes does not fit in memory"))?;
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(length);
+    aligned.resize(length, 0);
+    let mut decoder = lz4_flex::frame::FrameDecoder::new(frame);
+    let broken = |e: std::io::Error| format!("its compressed payload does not decompress: {e}");
+    decoder.read_exact(&mut aligned).map_err(broken)?;
+    let mut rest = [0u8; 1];
+    if decoder.read(&mut rest).map_err(broken)? != 0 {
+        return Err(format!(
+            "its compressed payload holds more than the {length} bytes it declares"
+        ));
+    }
+    Ok(aligned)
 }
 
 fn folder(data: &Path) -> PathBuf {
@@ -681,7 +754,7 @@ mod tests {
             .expect("a submission");
         let image = scheduler.image();
         let v1 = rkyv::to_bytes::<rancor::Error>(&SnapshotRecord::from(image.clone())).unwrap();
-        let file = [&header(1, image.last_seq, &v1)[..], &v1[..]].concat();
+        let file = [&header(1, 0, image.last_seq, &v1)[..], &v1[..]].concat();
         let decoded = decode("v1", &file).expect("format 1 reads");
         assert_eq!(decoded, image);
         let restored = Scheduler::from_image(SchedulerConfig::default(), decoded).unwrap();
@@ -783,5 +856,95 @@ mod tests {
             assert!(twin.job(model::JobId(1)).is_none());
         }
         assert_eq!(restored.digest(), scheduler.digest());
+    }
+
+    /// A state of `jobs` waiting jobs in runs of 10.
+    fn waiting(jobs: usize) -> Scheduler {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        let mut events = Vec::new();
+        for _ in 0..jobs / 10 {
+            let run = model::RunSpec {
+                jobs: vec![model::JobSpec::default(); 10],
+                ..Default::default()
+            };
+            scheduler
+                .handle(Command::SubmitRun(run), 5, &mut events)
+                .expect("accepted");
+        }
+        scheduler
+    }
+
+    /// Rewrites a file's header fields and makes its checksum match again,
+    /// as a file written that way would be (not damage in transit).
+    fn rewritten(mut file: Vec<u8>, flags: u16, payload: Option<Vec<u8>>) -> Vec<u8> {
+        if let Some(payload) = payload {
+            file.truncate(HEADER_LEN);
+            file.extend_from_slice(&payload);
+        }
+        let version = u16::from_le_bytes([file[4], file[5]]);
+        let seq = u64::from_le_bytes(file[8..16].try_into().unwrap());
+        let fresh = header(version, flags, seq, &file[HEADER_LEN..]);
+        file[..HEADER_LEN].copy_from_slice(&fresh);
+        file
+    }
+
+    #[test]
+    fn format_4_is_compressed_and_format_3_is_still_read() {
+        let scheduler = waiting(2_000);
+        let image = scheduler.image();
+        let file = encode(&image);
+        assert_eq!(u16::from_le_bytes([file[6], file[7]]), FLAG_LZ4);
+        let archived = archive(image.clone());
+        assert!(
+            file.len() * 4 < archived.len(),
+            "{} bytes compressed from {}",
+            file.len(),
+            archived.len()
+        );
+        assert_eq!(decode("v4", &file).expect("format 4 reads"), image);
+        let v3 = [&header(3, 0, image.last_seq, &archived)[..], &archived[..]].concat();
+        assert_eq!(decode("v3", &v3).expect("format 3 reads"), image);
+    }
+
+    #[test]
+    fn a_compressed_payload_that_does_not_decompress_is_damage() {
+        let image = waiting(200).image();
+        let file = encode(&image);
+        let damaged = |bytes: &[u8]| match decode("s", bytes) {
+            Err(SnapshotError::Damaged { reason, .. }) => reason,
+            other => panic!("not damage: {other:?}"),
+        };
+        // The frame cut short, under a good checksum.
+        let mut short = file[HEADER_LEN..].to_vec();
+        short.truncate(short.len() - 10);
+        let reason = damaged(&rewritten(file.clone(), FLAG_LZ4, Some(short)));
+        assert!(
+            reason.starts_with("its compressed payload does not decompress"),
+            "{reason}"
+        );
+        // A declared length LZ4 could never expand to.
+        let mut huge = file[HEADER_LEN..].to_vec();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let reason = damaged(&rewritten(file.clone(), FLAG_LZ4, Some(huge)));
+        assert!(reason.ends_with("more than LZ4 can expand to"), "{reason}");
+        // A declared length shorter than the frame holds.
+        let mut shorter = file[HEADER_LEN..].to_vec();
+        let length = u64::from_le_bytes(shorter[..8].try_into().unwrap());
+        shorter[..8].copy_from_slice(&(length - 1).to_le_bytes());
+        let reason = damaged(&rewritten(file.clone(), FLAG_LZ4, Some(shorter)));
+        assert!(reason.starts_with("its compressed payload"), "{reason}");
+        // Unknown flags, and a compressed flag on a format 3 file.
+        let reason = damaged(&rewritten(file.clone(), 0x0100, None));
+        assert_eq!(
+            reason,
+            "its header has flags 0x0100, unknown to snapshot format 4"
+        );
+        let mut v3 = file.clone();
+        v3[4..6].copy_from_slice(&3u16.to_le_bytes());
+        let reason = damaged(&rewritten(v3, FLAG_LZ4, None));
+        assert_eq!(
+            reason,
+            "its header has flags 0x0001, unknown to snapshot format 3"
+        );
     }
 }
