@@ -88,7 +88,7 @@ usage: log [--quick] [--only SECTION,...] [--dir PATH] [--runs N] [--seconds S]
   --snapshot-jobs N   jobs in the start-up snapshot                (1000000)
   --tail-events N     log tail replayed after the snapshot         (100000)
   --latency-jobs N    jobs waiting when the latency runs start     (1000000)
-  --latency-seconds S seconds per latency run                      (10)
+  --latency-seconds S seconds per latency run                      (30)
   --latency-runs N    latency runs with snapshots and without      (3)
   --latency-durabilities D,..  durabilities of the latency runs    (sync,none)
   --snapshot-every N  events between snapshots in latency runs     (20000)";
@@ -228,7 +228,7 @@ fn parse_options() -> anyhow::Result<Options> {
         snapshot_jobs: 1_000_000,
         tail_events: 100_000,
         latency_jobs: 1_000_000,
-        latency_seconds: 10.0,
+        latency_seconds: 30.0,
         latency_runs: 3,
         latency_durabilities: vec![Durability::Sync, Durability::None],
         snapshot_every: 20_000,
@@ -2294,7 +2294,8 @@ fn section_startup(options: &Options) -> anyhow::Result<()> {
 fn section_latency(options: &Options) -> anyhow::Result<()> {
     println!(
         "\n== latency: {} writers, one-job runs, from {} waiting jobs; snapshots every {} \
-         events vs none ==",
+         events (once the log has outgrown the last snapshot, as lanes serve takes them) \
+         vs none ==",
         options.writers,
         grouped(options.latency_jobs as f64),
         grouped(options.snapshot_every as f64)
