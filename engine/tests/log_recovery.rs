@@ -79,6 +79,23 @@ fn log_with(data: &Path, batches: &[Vec<Event>]) {
     write_all(&mut store, syncer.as_mut(), batches);
 }
 
+/// As [`log_with`], then writes `batch` again with `edit` applied to its
+/// record's bytes (in place of the good record), durably.
+fn log_with_edited(
+    data: &Path,
+    batches: &[Vec<Event>],
+    batch: usize,
+    edit: impl FnOnce(&mut Vec<u8>),
+) {
+    let mut store = SledStore::open(data).unwrap();
+    let mut syncer = store.syncer();
+    write_all(&mut store, syncer.as_mut(), batches);
+    let mut bytes = format::encode(&batches[batch]);
+    edit(&mut bytes);
+    store.write(batches[batch][0].seq, &bytes).unwrap();
+    syncer.sync().unwrap();
+}
+
 fn state_after(batches: &[Vec<Event>]) -> Scheduler {
     let mut scheduler = Scheduler::new(SchedulerConfig::default());
     for event in batches.iter().flatten() {
@@ -140,17 +157,11 @@ fn torn_last_record_stops_replay_before_it_with_a_warning() {
 fn flipped_byte_in_the_middle_refuses_to_start_unless_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, _) = workload(20, 5);
-    let mut store = SledStore::open(dir.path()).unwrap();
-    let mut syncer = store.syncer();
-    write_all(&mut store, syncer.as_mut(), &batches);
     let victim = &batches[3];
-    let mut bytes = format::encode(victim);
-    let at = bytes.len() - 2;
-    bytes[at] ^= 0x10;
-    store.write(victim[0].seq, &bytes).unwrap();
-    syncer.sync().unwrap();
-    drop(syncer);
-    drop(store);
+    log_with_edited(dir.path(), &batches, 3, |bytes| {
+        let at = bytes.len() - 2;
+        bytes[at] ^= 0x10;
+    });
     let error = start(dir.path(), false).unwrap_err();
     let seq = victim[0].seq;
     let after = batches.len() - 4;
@@ -197,16 +208,10 @@ fn a_gap_in_the_sequence_refuses_to_start() {
 fn newer_record_format_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, _) = workload(5, 5);
-    let mut store = SledStore::open(dir.path()).unwrap();
-    let mut syncer = store.syncer();
-    write_all(&mut store, syncer.as_mut(), &batches);
-    let mut bytes = format::encode(&batches[1]);
     let newer = format::FORMAT_VERSION + 1;
-    bytes[4..6].copy_from_slice(&newer.to_le_bytes());
-    store.write(batches[1][0].seq, &bytes).unwrap();
-    syncer.sync().unwrap();
-    drop(syncer);
-    drop(store);
+    log_with_edited(dir.path(), &batches, 1, |bytes| {
+        bytes[4..6].copy_from_slice(&newer.to_le_bytes());
+    });
     let error = start(dir.path(), true).unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -222,20 +227,14 @@ fn newer_record_format_refuses_to_start() {
 fn a_record_with_unknown_flags_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, _) = workload(5, 5);
-    let mut store = SledStore::open(dir.path()).unwrap();
-    let mut syncer = store.syncer();
-    write_all(&mut store, syncer.as_mut(), &batches);
     // A flag this build does not know under a good checksum: written on
     // purpose by another build, not torn, so never cut off as a torn tail.
     let last = batches.last().unwrap();
-    let mut bytes = format::encode(last);
-    bytes[6..8].copy_from_slice(&0x4000u16.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &bytes[format::HEADER_LEN..]);
-    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
-    store.write(last[0].seq, &bytes).unwrap();
-    syncer.sync().unwrap();
-    drop(syncer);
-    drop(store);
+    log_with_edited(dir.path(), &batches, batches.len() - 1, |bytes| {
+        bytes[6..8].copy_from_slice(&0x4000u16.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &bytes[format::HEADER_LEN..]);
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    });
     let error = start(dir.path(), true).unwrap_err();
     assert_eq!(
         error.to_string(),
