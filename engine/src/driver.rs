@@ -933,23 +933,13 @@ mod tests {
         let mut writer = BatchWriter::new(scheduler, Box::new(store.clone()), 16_384)
             .with_record_bytes_max(2_048);
         let mut answers = Vec::new();
-        // Payloads that do not compress, so records keep their size.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut noise = |length: usize| -> Vec<u8> {
-            (0..length)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect()
-        };
         let requests: Vec<Request> = (0..10)
             .map(|i| {
                 let (reply, answer) = oneshot::channel();
                 answers.push(answer);
-                let payload = noise(if i == 3 { 5_000 } else { 700 });
+                // Payloads that do not compress, so records keep their size.
+                let length = if i == 3 { 5_000 } else { 700 };
+                let payload = format::incompressible(length, i + 1);
                 let spec = RunSpec {
                     jobs: vec![JobSpec {
                         payload,

@@ -829,6 +829,21 @@ impl EventRecord {
     }
 }
 
+/// `length` bytes from a xorshift generator: LZ4 cannot shrink them an
+/// eighth, so a record of them stays uncompressed and keeps its size.
+#[cfg(test)]
+pub(crate) fn incompressible(length: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.max(1);
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,16 +943,7 @@ mod tests {
         let bytes = encode(&small);
         assert_eq!(flags(&bytes), 0);
         assert_eq!(decode(&bytes).unwrap().1, small);
-        // Payload bytes from a generator: LZ4 cannot shrink them an eighth.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let payload: Vec<u8> = (0..4_096)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let payload = incompressible(4_096, 0x9e37_79b9_7f4a_7c15);
         let noise = vec![Event {
             seq: 1,
             time: 1,
