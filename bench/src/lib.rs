@@ -8,7 +8,7 @@
 //! (refilling the queues) out of the measurement.
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -21,10 +21,16 @@ use lanes::sched::{Command, Event, EventKind, Reply, Scheduler, SchedulerConfig}
 
 static BYTES_CURRENT: AtomicUsize = AtomicUsize::new(0);
 static ALLOCATIONS_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// Read on every allocation, written rarely: the line stays shared, cheap.
+static COUNTING: AtomicBool = AtomicBool::new(true);
 
 /// Wraps a global allocator and keeps the bytes currently allocated (as
 /// requested, before the inner allocator rounds them up) and the number of
 /// allocations made. Counters are process-wide: install one per binary.
+///
+/// The counters are atomics every thread writes, so with many threads
+/// allocating they cost a measurable share of a multi-threaded benchmark;
+/// [`count_allocations`] turns them off around such measurements.
 pub struct CountingAllocator<A> {
     inner: A,
 }
@@ -33,6 +39,19 @@ impl<A> CountingAllocator<A> {
     pub const fn new(inner: A) -> CountingAllocator<A> {
         CountingAllocator { inner }
     }
+}
+
+/// Counts allocations from now on (`true`, the default) or stops counting.
+/// While off, the counters stand still, so a difference of two readings
+/// is only meaningful when counting was on between them; it may wrap when
+/// memory allocated while off is freed while on ([`usize::wrapping_sub`]
+/// of the two readings is still exact).
+pub fn count_allocations(on: bool) {
+    COUNTING.store(on, Ordering::Relaxed);
+}
+
+fn counting() -> bool {
+    COUNTING.load(Ordering::Relaxed)
 }
 
 /// Bytes allocated and not yet freed, as requested by their callers.
@@ -50,7 +69,7 @@ pub fn allocations_total() -> u64 {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let pointer = self.inner.alloc(layout);
-        if !pointer.is_null() {
+        if !pointer.is_null() && counting() {
             BYTES_CURRENT.fetch_add(layout.size(), Ordering::Relaxed);
             ALLOCATIONS_TOTAL.fetch_add(1, Ordering::Relaxed);
         }
@@ -59,7 +78,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let pointer = self.inner.alloc_zeroed(layout);
-        if !pointer.is_null() {
+        if !pointer.is_null() && counting() {
             BYTES_CURRENT.fetch_add(layout.size(), Ordering::Relaxed);
             ALLOCATIONS_TOTAL.fetch_add(1, Ordering::Relaxed);
         }
@@ -68,12 +87,14 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
 
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         self.inner.dealloc(pointer, layout);
-        BYTES_CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+        if counting() {
+            BYTES_CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, size_new: usize) -> *mut u8 {
         let moved = self.inner.realloc(pointer, layout, size_new);
-        if !moved.is_null() {
+        if !moved.is_null() && counting() {
             BYTES_CURRENT.fetch_add(size_new, Ordering::Relaxed);
             BYTES_CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
             ALLOCATIONS_TOTAL.fetch_add(1, Ordering::Relaxed);
