@@ -27,7 +27,7 @@ use lanes::log::{format, snapshot, LogReader, LogStore, SledStore, StoreError, S
 use lanes::model::{AgentId, JobId, JobSpec, Report, RunSpec, Seq, TimeMs, DEFAULT_POOL};
 use lanes::replay::{recover, ReplayOptions};
 use lanes::sched::{Command, Event, EventKind, Reply, Scheduler, SchedulerConfig};
-use lanes_bench::{bytes_current, count_allocations, CountingAllocator};
+use lanes_bench::{bytes_current, count_allocations, list, CountingAllocator};
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -237,10 +237,6 @@ struct Options {
     latency_runs: usize,
     latency_durabilities: Vec<Durability>,
     snapshot_every: u64,
-}
-
-fn list<T>(text: &str, parse: impl Fn(&str) -> anyhow::Result<T>) -> anyhow::Result<Vec<T>> {
-    text.split(',').map(parse).collect()
 }
 
 fn parse_options() -> anyhow::Result<Options> {

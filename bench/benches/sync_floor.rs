@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use hdrhistogram::Histogram;
+use lanes_bench::list;
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -95,34 +96,23 @@ fn parse_options() -> anyhow::Result<Options> {
         };
         match flag.as_str() {
             "--bench" => {}
-            "--rates" => {
-                options.rates = value()?
-                    .split(',')
-                    .map(|s| s.parse())
-                    .collect::<Result<_, _>>()?
-            }
+            "--rates" => options.rates = list(&value()?, |s| Ok(s.parse()?))?,
             "--seconds" => options.seconds = value()?.parse()?,
             "--connections" => options.connections = value()?.parse()?,
             "--runs" => options.runs = value()?.parse()?,
             "--durabilities" => {
-                options.durabilities = value()?
-                    .split(',')
-                    .map(|s| match s {
-                        "sync" => Ok(true),
-                        "none" => Ok(false),
-                        other => bail!("unknown durability {other:?}\n{USAGE}"),
-                    })
-                    .collect::<Result<_, _>>()?
+                options.durabilities = list(&value()?, |s| match s {
+                    "sync" => Ok(true),
+                    "none" => Ok(false),
+                    other => bail!("unknown durability {other:?}\n{USAGE}"),
+                })?
             }
             "--files" => {
-                options.overwrite = value()?
-                    .split(',')
-                    .map(|s| match s {
-                        "append" => Ok(false),
-                        "overwrite" => Ok(true),
-                        other => bail!("unknown kind of file {other:?}\n{USAGE}"),
-                    })
-                    .collect::<Result<_, _>>()?
+                options.overwrite = list(&value()?, |s| match s {
+                    "append" => Ok(false),
+                    "overwrite" => Ok(true),
+                    other => bail!("unknown kind of file {other:?}\n{USAGE}"),
+                })?
             }
             "--dir" => options.dir = value()?.into(),
             "--help" | "-h" => {

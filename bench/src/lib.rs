@@ -114,6 +114,14 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * PAGE_BYTES)
 }
 
+// ---- options ---------------------------------------------------------------
+
+/// Parses a comma-separated option value (`--batches 1,64,1024`), each
+/// item with `parse`.
+pub fn list<T>(text: &str, parse: impl Fn(&str) -> anyhow::Result<T>) -> anyhow::Result<Vec<T>> {
+    text.split(',').map(parse).collect()
+}
+
 // ---- the scheduling-core workload ----------------------------------------
 
 /// The tag blocked jobs carry; a rule caps how many of them run at once.
