@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
-use lanes_bench::{CoreBench, CoreConfig, CountingAllocator, PairsReport};
+use lanes_bench::{list, CoreBench, CoreConfig, CountingAllocator, PairsReport};
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -91,12 +91,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "--agents" => options.base.agents = value()?.parse()?,
             "--slots" => options.base.slots_per_agent = value()?.parse()?,
             "--run-size" => options.base.jobs_per_run = value()?.parse()?,
-            "--blocked" => {
-                options.blocked = value()?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
+            "--blocked" => options.blocked = list(&value()?, |s| Ok(s.parse()?))?,
             "--pairs" => options.pairs = value()?.parse()?,
             "--warmup" => options.warmup = value()?.parse()?,
             "--runs" => options.runs = value()?.parse()?,

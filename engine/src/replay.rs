@@ -9,7 +9,8 @@
 //!   the sequence, is corruption: replay refuses, naming the sequence, unless
 //!   the operator asks for repair, which cuts the log at the damage and says
 //!   exactly which sequences it dropped.
-//! - A record written by a newer format version is always refused.
+//! - A record written by a newer format version, or with flags this build
+//!   does not know under a good checksum, is always refused.
 
 use crate::log::format::{self, DecodeError};
 use crate::log::store::{LogStore, StoreError};
@@ -64,7 +65,9 @@ pub fn replay(
     let mut damage: Option<(Seq, DecodeError)> = None;
     let mut after_damage = 0u64;
     let mut gap: Option<(Seq, Seq)> = None;
-    let mut newer: Option<ReplayError> = None;
+    // A record this build must not read (newer version, unknown flags):
+    // replay stops there and refuses, whatever the repair option says.
+    let mut refused: Option<ReplayError> = None;
     store.scan(0, &mut |key, bytes| {
         if damage.is_some() || gap.is_some() {
             after_damage += 1;
@@ -73,7 +76,7 @@ pub fn replay(
         let (header, events) = match format::decode(bytes) {
             Ok(decoded) => decoded,
             Err(DecodeError::NewerVersion { found }) => {
-                newer = Some(ReplayError::NewerVersion {
+                refused = Some(ReplayError::NewerVersion {
                     seq: key,
                     found,
                     supported: format::FORMAT_VERSION,
@@ -81,7 +84,7 @@ pub fn replay(
                 return false;
             }
             Err(DecodeError::UnknownFlags { version, flags }) => {
-                newer = Some(ReplayError::UnknownFlags {
+                refused = Some(ReplayError::UnknownFlags {
                     seq: key,
                     version,
                     flags,
@@ -118,7 +121,7 @@ pub fn replay(
         report.events += events.len() as u64;
         true
     })?;
-    if let Some(error) = newer {
+    if let Some(error) = refused {
         return Err(error);
     }
     if let Some((expected, found)) = gap {
